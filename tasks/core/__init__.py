@@ -1,0 +1,1 @@
+"""Plumbing shared by every stage: config base, store layout, document shards, accounting."""

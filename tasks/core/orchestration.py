@@ -1,0 +1,55 @@
+"""The one way a stage becomes a Prefect task: cached by store key, persisted, retried when transient."""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from tasks.core.config import StageConfig
+from tasks.core.errors import UserError
+from tasks.core.result import StageResult
+from tasks.core.stage import RunContext, StageFn, StagePlan, execute_stage
+
+TRANSIENT = (ConnectionError, TimeoutError, OSError)
+
+
+def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
+    """Retry network hiccups and preemption-like OS errors; never a user error or a bug."""
+    try:
+        state.result()
+    except UserError:
+        return False
+    except TRANSIENT:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def retry_unless_user_error(task_obj: Any, task_run: Any, state: Any) -> bool:
+    """For stages that resume from a checkpoint (training): any failure but a user error is worth a retry."""
+    try:
+        state.result()
+    except UserError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    return parameters["plan"].cache_key
+
+
+def make_stage_task(stage: str, fn: StageFn, *, retries: int = 2, retry_delay_seconds: list[float] | None = None,
+                    retry_condition=retry_transient, timeout_seconds: float | None = None):
+    """A Prefect task running `fn` through the stage contract; the flow passes the plan it computed."""
+
+    @task(name=stage, retries=retries, retry_delay_seconds=retry_delay_seconds or [2, 5, 15],
+          retry_condition_fn=retry_condition, persist_result=True, cache_key_fn=_cache_key,
+          result_serializer="json", timeout_seconds=timeout_seconds)
+    def stage_task(plan: StagePlan, cfg: StageConfig, upstream: list[StageResult], ctx: RunContext) -> StageResult:
+        return execute_stage(plan, fn, cfg, upstream, ctx)
+
+    stage_task.stage_fn = fn  # the flow plans with it
+    return stage_task

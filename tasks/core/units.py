@@ -1,0 +1,122 @@
+"""Shard-level work units: the parallel, resumable part of every data stage.
+
+A stage splits its input into units (usually one per input shard). Each unit writes its own
+output files and then a marker `_units/<unit_id>.json` holding its account; a rerun after a kill
+skips units that have a marker and redoes the rest. Units run through an Executor: serially, on a
+local process pool, or as Prefect tasks on the flow's task runner (local threads feeding a
+process pool, or a Dask cluster).
+"""
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import os
+from concurrent.futures import Executor as _FuturesExecutor
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable, Protocol
+
+from pydantic import BaseModel, Field
+
+from tasks.core.result import Account
+from tasks.core.store import Store
+
+
+class WorkUnit(BaseModel):
+    """Everything a worker needs to process one unit, picklable and JSON-safe."""
+
+    stage: str
+    unit_id: str
+    inputs: list[str]  # URIs of input files
+    out_uri: str  # the stage's output directory
+    store_root: str
+    config: dict[str, Any]  # the stage config, canonical form
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class UnitResult(BaseModel):
+    unit_id: str
+    account: Account = Field(default_factory=Account)
+    outputs: dict[str, list[str]] = Field(default_factory=dict)  # relative to the stage dir
+    info: dict[str, Any] = Field(default_factory=dict)
+    resumed: bool = False  # True when a marker from an earlier (killed) run was reused
+
+
+def marker_uri(unit: WorkUnit) -> str:
+    return f"{unit.out_uri}/_units/{unit.unit_id}.json"
+
+
+def resolve(fn_ref: str) -> Callable[[WorkUnit], UnitResult]:
+    module, _, name = fn_ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def execute_unit(fn_ref: str, unit: WorkUnit) -> UnitResult:
+    """Run one unit unless an earlier run already finished it; write its marker last."""
+    store = Store(unit.store_root)
+    marker = marker_uri(unit)
+    if store.exists(marker):
+        done = UnitResult.model_validate(store.read_json(marker))
+        return done.model_copy(update={"resumed": True})
+    result = resolve(fn_ref)(unit)
+    store.write_json(marker, result.model_dump(mode="json"))
+    return result
+
+
+class Executor(Protocol):
+    def map_units(self, fn_ref: str, units: list[WorkUnit]) -> list[UnitResult]: ...
+
+
+class SerialExecutor:
+    """Runs units one after another in this process (tests, one core, inside a Dask worker)."""
+
+    def map_units(self, fn_ref: str, units: list[WorkUnit]) -> list[UnitResult]:
+        return [execute_unit(fn_ref, u) for u in units]
+
+
+class PoolExecutor:
+    """Runs units on a local process pool. Uses forkserver: the parent runs Prefect's threads."""
+
+    def __init__(self, workers: int = 0, preload: list[str] | None = None):
+        self.workers = workers or os.cpu_count() or 1
+        self.preload = preload or []
+        self._pool: _FuturesExecutor | None = None
+
+    @property
+    def pool(self) -> _FuturesExecutor:
+        if self._pool is None:
+            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+            ctx = mp.get_context(method)
+            if method == "forkserver" and self.preload:
+                ctx.set_forkserver_preload(self.preload)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        return self._pool
+
+    def map_units(self, fn_ref: str, units: list[WorkUnit]) -> list[UnitResult]:
+        if self.workers <= 1 or len(units) <= 1:
+            return SerialExecutor().map_units(fn_ref, units)
+        futures = [self.pool.submit(execute_unit, fn_ref, u) for u in units]
+        return [f.result() for f in futures]
+
+    def submit(self, fn_ref: str, unit: WorkUnit) -> UnitResult:
+        return self.pool.submit(execute_unit, fn_ref, unit).result()
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+
+def default_executor(workers: int = 0) -> Executor:
+    workers = workers or os.cpu_count() or 1
+    return SerialExecutor() if workers <= 1 else PoolExecutor(workers)
+
+
+def merge_results(results: list[UnitResult]) -> tuple[Account, dict[str, list[str]]]:
+    """Sum the units' accounts and concatenate their outputs in unit order."""
+    account = Account()
+    outputs: dict[str, list[str]] = {}
+    for r in sorted(results, key=lambda r: r.unit_id):
+        account = account.merge(r.account)
+        for name, files in r.outputs.items():
+            outputs.setdefault(name, []).extend(files)
+    return account, outputs

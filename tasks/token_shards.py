@@ -1,0 +1,222 @@
+"""Packed token shards: the on-disk format between tokenize and pretrain, and its memory-mapped loader.
+
+Layout of a token output directory:
+    index.json            format, dtype, vocab size, end-of-text id, tokenizer hash, per-split shards
+    train-00000.bin ...   raw little-endian token ids (uint16 when the vocabulary fits, else uint32)
+    val-00000.bin ...
+
+Shard paths in index.json are relative to the index file, so an incremental run can list the shards
+of an earlier run (`../<key>/tokens/train-00000.bin`) and append its own. numpy only at import time:
+this module also runs on GPU machines that have torch + numpy and nothing else.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+FORMAT = "llmpipe-tokens/1"
+
+
+def dtype_for_vocab(vocab_size: int, requested: str = "auto") -> np.dtype:
+    """uint16 when every id fits, else uint32; an explicit dtype too small for the vocab is an error."""
+    if requested == "auto":
+        return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+    dtype = np.dtype(requested)
+    if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)):
+        raise ValueError(f"token dtype must be uint16, uint32 or auto, not {requested!r}")
+    if vocab_size > np.iinfo(dtype).max + 1:
+        raise ValueError(f"a vocabulary of {vocab_size} ids does not fit {dtype.name} (max id "
+                         f"{np.iinfo(dtype).max}); set tokenize.dtype to uint32 or auto")
+    return dtype
+
+
+class ShardWriter:
+    """Appends token arrays to `<split>-NNNNN.bin` files of at most `max_tokens` tokens each.
+
+    A shard is written under a temporary name and renamed when full or closed, so a killed run never
+    leaves a file that looks finished. `shards` lists the finished ones for the index.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, split: str, dtype: np.dtype, max_tokens: int = 1 << 28,
+                 first_index: int = 0, prefix: str = ""):
+        self.out_dir, self.split, self.dtype = Path(out_dir), split, np.dtype(dtype)
+        self.max_tokens = max_tokens
+        self.prefix = prefix
+        self.next_index = first_index
+        self.shards: list[dict[str, Any]] = []
+        self._fh = None
+        self._tokens = self._docs = 0
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def append(self, tokens: np.ndarray, docs: int = 1) -> None:
+        """Add a run of tokens (one or more whole documents, end-of-text included)."""
+        if self._fh is None:
+            self._open()
+        arr = np.ascontiguousarray(tokens, dtype=self.dtype)
+        arr.tofile(self._fh)
+        self._tokens += arr.size
+        self._docs += docs
+        if self._tokens >= self.max_tokens:
+            self._close_shard()
+
+    def _open(self) -> None:
+        self._name = f"{self.prefix}{self.split}-{self.next_index:05d}.bin"
+        self._tmp = self.out_dir / f".{self._name}.tmp-{uuid.uuid4().hex[:8]}"
+        self._fh = open(self._tmp, "wb")
+        self._tokens = self._docs = 0
+
+    def _close_shard(self) -> None:
+        if self._fh is None:
+            return
+        self._fh.close()
+        self._fh = None
+        if self._tokens == 0:
+            self._tmp.unlink()
+            return
+        os.replace(self._tmp, self.out_dir / self._name)
+        self.shards.append({"file": self._name, "tokens": self._tokens, "docs": self._docs})
+        self.next_index += 1
+
+    def close(self) -> list[dict[str, Any]]:
+        self._close_shard()
+        return list(self.shards)
+
+
+def write_index(path: str | os.PathLike, *, dtype: np.dtype, vocab_size: int, eot_id: int,
+                tokenizer_sha256: str, splits: dict[str, list[dict[str, Any]]],
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write index.json atomically; `splits` maps split name to its shard entries."""
+    index = {
+        "format": FORMAT, "dtype": np.dtype(dtype).name, "vocab_size": int(vocab_size), "eot_id": int(eot_id),
+        "tokenizer_sha256": tokenizer_sha256,
+        "splits": {
+            name: {"tokens": sum(s["tokens"] for s in shards), "docs": sum(s["docs"] for s in shards),
+                   "shards": shards}
+            for name, shards in splits.items()
+        },
+        **(extra or {}),
+    }
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(index, indent=2))
+    os.replace(tmp, path)
+    return index
+
+
+def read_index(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    index = json.loads(path.read_text())
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a token index of format {FORMAT} (found {index.get('format')!r})")
+    return index
+
+
+class TokenSplit:
+    """One split's shards, memory-mapped, addressed as one long array of tokens."""
+
+    def __init__(self, index_path: str | os.PathLike, split: str = "train"):
+        index_path = Path(index_path)
+        self.index = read_index(index_path)
+        if split not in self.index["splits"]:
+            raise ValueError(f"{index_path} has no split {split!r} (has {sorted(self.index['splits'])})")
+        self.dtype = np.dtype(self.index["dtype"])
+        self.vocab_size = self.index["vocab_size"]
+        self.eot_id = self.index["eot_id"]
+        entries = self.index["splits"][split]["shards"]
+        self.arrays = [np.memmap(index_path.parent / e["file"], dtype=self.dtype, mode="r") for e in entries]
+        sizes = [a.size for a in self.arrays]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.total = int(self.starts[-1])
+
+    def slice(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start+length) of the concatenated split; crosses shard boundaries if needed."""
+        i = int(np.searchsorted(self.starts, start, side="right") - 1)
+        off = start - int(self.starts[i])
+        arr = self.arrays[i]
+        if off + length <= arr.size:
+            return np.asarray(arr[off:off + length])
+        parts, need = [], length
+        while need > 0:
+            arr = self.arrays[i]
+            take = min(need, arr.size - off)
+            parts.append(np.asarray(arr[off:off + take]))
+            need -= take
+            i, off = i + 1, 0
+        return np.concatenate(parts)
+
+
+class TokenWindows:
+    """Batches of (x, y) windows for training or evaluation.
+
+    Each window holds seq_len + n_future tokens: x = w[:seq_len], y = w[1:seq_len + n_future], so head k
+    (0-based) of a multi-token model reads its targets as y[:, k:k + seq_len].
+
+    mode="random": every batch draws `batch_size * world_size` start positions from one seeded generator
+    and rank r takes its slice, so the global batch is the same whatever the number of processes.
+    mode="sequential": non-overlapping windows in order (rank r takes windows r, r+W, ...), one pass.
+    `state_dict()` captures the position so a resumed run continues the same data order.
+    """
+
+    def __init__(self, index_path: str | os.PathLike, split: str, seq_len: int, batch_size: int,
+                 n_future: int = 1, seed: int = 0, mode: str = "random", rank: int = 0, world_size: int = 1):
+        if mode not in ("random", "sequential"):
+            raise ValueError(f"mode must be 'random' or 'sequential', not {mode!r}")
+        self.data = TokenSplit(index_path, split)
+        self.seq_len, self.batch_size, self.n_future = seq_len, batch_size, n_future
+        self.window = seq_len + n_future
+        self.mode, self.seed, self.rank, self.world_size = mode, seed, rank, world_size
+        if self.data.total < self.window:
+            raise ValueError(f"split {split!r} has {self.data.total} tokens, fewer than one window of "
+                             f"{self.window} (seq_len {seq_len} + n_future {n_future}); use more data or a "
+                             "shorter context")
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.batches = 0
+        self.position = 0  # sequential mode: next window index
+
+    @property
+    def num_windows(self) -> int:
+        """Sequential windows in one pass over the split (stride seq_len; the last n_future tokens overlap)."""
+        return (self.data.total - self.n_future) // self.seq_len
+
+    def __iter__(self) -> Iterator:
+        while True:
+            batch = self.next_batch()
+            if batch is None:
+                return
+            yield batch
+
+    def next_batch(self):
+        """(x, y) as torch int64 tensors, or None at the end of a sequential pass."""
+        import torch  # lazily: the tokenize stage imports this module without needing torch
+
+        if self.mode == "random":
+            high = self.data.total - self.window + 1
+            starts = self.rng.integers(0, high, size=self.batch_size * self.world_size)
+            starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        else:
+            idx = [self.position + self.rank + self.world_size * j for j in range(self.batch_size)]
+            idx = [i for i in idx if i < self.num_windows]
+            if not idx:
+                return None
+            self.position += self.batch_size * self.world_size
+            starts = np.asarray(idx, dtype=np.int64) * self.seq_len
+        self.batches += 1
+        w = np.stack([self.data.slice(int(s), self.window) for s in starts]).astype(np.int64)
+        w = torch.from_numpy(w)
+        return w[:, :self.seq_len], w[:, 1:]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "seed": self.seed, "batches": self.batches, "position": self.position,
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["mode"] != self.mode or state["seed"] != self.seed:
+            raise ValueError(f"loader state is for mode={state['mode']} seed={state['seed']}, this loader "
+                             f"has mode={self.mode} seed={self.seed}")
+        self.batches, self.position = state["batches"], state["position"]
+        self.rng.bit_generator.state = state["rng"]
