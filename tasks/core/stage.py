@@ -82,9 +82,15 @@ StageFn = Callable[[list[StageResult], str, Any, RunContext], StageOutput]
 
 
 def plan_stage(stage: str, fn: StageFn, cfg: StageConfig, upstream: list[StageResult],
-               ctx: RunContext, extra_key: dict[str, Any] | None = None) -> StagePlan:
-    """Decide where a stage writes: hash of its config, upstream digests and code version."""
+               ctx: RunContext) -> StagePlan:
+    """Decide where a stage writes: hash of its config, upstream digests and code version.
+
+    A stage whose inputs are not all upstream results (collect reads files) sets `fn.key_inputs =
+    f(cfg, ctx) -> dict`, which goes into the key too.
+    """
     store = ctx.open_store()
+    key_inputs = getattr(fn, "key_inputs", None)
+    extra_key = key_inputs(cfg, ctx) if key_inputs else None
     inputs = [r.digest for r in upstream]
     code = code_version(fn)
     key_cfg = cfg.canonical() | ({"_extra": extra_key} if extra_key else {})
@@ -115,8 +121,8 @@ def result_from_manifest(store: Store, uri: str, cached: bool = True) -> StageRe
                        digest=m["digest"], cached=cached)
 
 
-def run_stage(stage: str, fn: StageFn, cfg: StageConfig, upstream: list[StageResult], ctx: RunContext,
-              extra_key: dict[str, Any] | None = None) -> StageResult:
+def run_stage(stage: str, fn: StageFn, cfg: StageConfig, upstream: list[StageResult],
+              ctx: RunContext) -> StageResult:
     """Plan + execute without Prefect: what tests and library users call."""
-    plan = plan_stage(stage, fn, cfg, upstream, ctx, extra_key)
+    plan = plan_stage(stage, fn, cfg, upstream, ctx)
     return execute_stage(plan, fn, cfg, upstream, ctx)

@@ -76,9 +76,10 @@ class SerialExecutor:
 class PoolExecutor:
     """Runs units on a local process pool. Uses forkserver: the parent runs Prefect's threads."""
 
-    def __init__(self, workers: int = 0, preload: list[str] | None = None):
+    def __init__(self, workers: int = 0, preload: list[str] | None = None, close_after_map: bool = False):
         self.workers = workers or os.cpu_count() or 1
         self.preload = preload or []
+        self.close_after_map = close_after_map  # a pool made for one stage call is not left running
         self._pool: _FuturesExecutor | None = None
 
     @property
@@ -94,8 +95,12 @@ class PoolExecutor:
     def map_units(self, fn_ref: str, units: list[WorkUnit]) -> list[UnitResult]:
         if self.workers <= 1 or len(units) <= 1:
             return SerialExecutor().map_units(fn_ref, units)
-        futures = [self.pool.submit(execute_unit, fn_ref, u) for u in units]
-        return [f.result() for f in futures]
+        try:
+            futures = [self.pool.submit(execute_unit, fn_ref, u) for u in units]
+            return [f.result() for f in futures]
+        finally:
+            if self.close_after_map:
+                self.shutdown()
 
     def submit(self, fn_ref: str, unit: WorkUnit) -> UnitResult:
         return self.pool.submit(execute_unit, fn_ref, unit).result()
@@ -108,7 +113,7 @@ class PoolExecutor:
 
 def default_executor(workers: int = 0) -> Executor:
     workers = workers or os.cpu_count() or 1
-    return SerialExecutor() if workers <= 1 else PoolExecutor(workers)
+    return SerialExecutor() if workers <= 1 else PoolExecutor(workers, close_after_map=True)
 
 
 def merge_results(results: list[UnitResult]) -> tuple[Account, dict[str, list[str]]]:

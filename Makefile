@@ -1,0 +1,24 @@
+# Two targets a newcomer needs; both create .venv and install what is missing first (idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test setup clean-store
+
+setup: $(STAMP)
+
+# torch==2.13.0 first: any other spec pulls a multi-GB CUDA build on CPU machines (see ENVIRONMENT notes)
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/llmpipe run demo --summary runs/demo-summary.json
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-store:
+	rm -rf store runs

@@ -1,0 +1,186 @@
+"""The `llmpipe` command: run a pipeline, validate or show its config, list the stages."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+PREFECT_DEFAULTS = {
+    # offline-friendly defaults; a user's own settings win
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",
+    "TOKENIZERS_PARALLELISM": "true",
+}
+
+
+def _setup_env(verbose: bool) -> None:
+    for k, v in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class QuietUserErrors(logging.Filter):
+    """Prefect logs a failed run with its traceback; for a user error the one-line message is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from tasks.core.errors import UserError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UserError):
+            return False  # the CLI prints it once, as its last line
+        return "UserError" not in record.getMessage()
+
+
+def _quiet_prefect_tracebacks() -> None:
+    for name in ("prefect.task_runs", "prefect.flow_runs", "prefect.task_engine", "prefect.flow_engine"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietUserErrors) for f in logger.filters):
+            logger.addFilter(QuietUserErrors())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from flows.stages import STAGE_NAMES
+
+    p = argparse.ArgumentParser(prog="llmpipe", description="Train language models end to end with Prefect.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a pipeline end to end as a Prefect flow")
+    run.add_argument("pipeline", nargs="?", default="demo", help="pipeline name in pipelines.yaml (default: demo)")
+    run.add_argument("-c", "--config", help="pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key by dotted path, e.g. --set collect.max_docs=100 (repeatable)")
+    run.add_argument("--source", dest="sources", action="append", default=[], metavar="PATH_OR_URL",
+                     help="replace the pipeline's sources: a file, glob, directory, http(s) URL, hub dataset "
+                          "name, or 'demo' (repeatable)")
+    run.add_argument("--until", choices=STAGE_NAMES, help="stop after this stage")
+    run.add_argument("--summary", help="also write the run summary JSON here")
+    run.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines")
+
+    val = sub.add_parser("validate", help="check every pipeline in a config file")
+    val.add_argument("-c", "--config")
+
+    sub.add_parser("stages", help="list the stages in order")
+
+    show = sub.add_parser("show-config", help="print a pipeline's resolved config as YAML")
+    show.add_argument("pipeline", nargs="?", default="demo")
+    show.add_argument("-c", "--config")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_env(getattr(args, "verbose", False))
+    from tasks.core.errors import UserError
+
+    try:
+        return {"run": cmd_run, "validate": cmd_validate, "stages": cmd_stages,
+                "show-config": cmd_show_config}[args.command](args)
+    except UserError as exc:
+        print(f"llmpipe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("llmpipe: interrupted; rerun the same command to resume (finished work is kept).", file=sys.stderr)
+        return 130
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    from flows.stages import STAGES
+
+    for i, s in enumerate(STAGES, 1):
+        state = "" if s.built else "  (not implemented yet)"
+        print(f"{i}. {s.name:<9} {s.summary}{state}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from flows.config import default_config_path, validate_file
+
+    notes = validate_file(args.config)
+    path = args.config or default_config_path()
+    for name, msgs in notes.items():
+        print(f"{name}: ok" + (f" ({'; '.join(msgs)})" if msgs else ""))
+    print(f"{path}: {len(notes)} pipelines valid")
+    return 0
+
+
+def cmd_show_config(args: argparse.Namespace) -> int:
+    from flows.config import dump_yaml, load_pipeline
+
+    _, cfg = load_pipeline(args.pipeline, args.config, args.overrides)
+    sys.stdout.write(dump_yaml(cfg))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.config import load_pipeline
+
+    # resolve the config and the sources before starting Prefect, so their errors come back in a second
+    _, cfg = load_pipeline(args.pipeline, args.config, args.overrides, args.sources)
+    from tasks.collect import fingerprint
+
+    fingerprint(cfg.collect)
+    from flows import executors, pipeline
+
+    _quiet_prefect_tracebacks()
+    printer = ProgressPrinter()
+    pipeline._PROGRESS["current"] = printer
+    print(f"llmpipe: running pipeline '{args.pipeline}' (store: {cfg.store}); starting Prefect...", flush=True)
+    flow = pipeline.pipeline_flow.with_options(task_runner=executors.task_runner_for(cfg.runner))
+    try:
+        summary = flow(pipeline=args.pipeline, overrides=args.overrides, sources=args.sources, until=args.until,
+                       config_file=args.config, summary_path=args.summary)
+    except Exception as exc:
+        from tasks.core.errors import UserError
+
+        if isinstance(exc, UserError):
+            raise
+        print(f"llmpipe: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("llmpipe: finished stages are kept in the store; fix the cause and rerun to resume.", file=sys.stderr)
+        return 1
+    finally:
+        pipeline._PROGRESS.pop("current", None)
+    printer.done(summary)
+    return 0 if summary["status"] in ("completed", "partial") else 1
+
+
+class ProgressPrinter:
+    """Stage-by-stage progress lines with counts and elapsed time."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        stage = info["stage"]
+        if event == "start":
+            note = " (checking the store)" if info.get("cached") else ""
+            print(f"  {stage:<9} running...{note}", flush=True)
+            return
+        stats = info.get("stats") or {}
+        counts = ""
+        if "docs_in" in stats:
+            dropped = sum((stats.get("dropped") or {}).values())
+            counts = (f"docs {stats['docs_in']} -> {stats.get('docs_out', 0)} (rows {stats.get('rows_out', 0)}, "
+                      f"dropped {dropped}, quarantined {stats.get('quarantined', 0)})")
+        elif "tokens" in stats:
+            counts = f"tokens {stats['tokens']}"
+        err = f"  {info.get('error', '')}" if info["status"] == "failed" else ""
+        print(f"  {stage:<9} {info['status']:<15} {info.get('seconds', 0):7.1f}s  {counts}{err}", flush=True)
+
+    def done(self, summary: dict[str, Any]) -> None:
+        print(f"llmpipe: {summary['status']} in {time.perf_counter() - self.t0:.1f}s; "
+              f"summary: {summary['store']}/runs/{summary['run_id']}/summary.json", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

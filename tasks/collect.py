@@ -1,0 +1,386 @@
+"""The collect stage: read every configured source into Parquet document shards, incrementally if asked."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field, model_validator
+
+from tasks import sources
+from tasks.core.config import StageConfig, stable_hash
+from tasks.core.errors import UserError
+from tasks.core.mapstage import UnitWriter
+from tasks.core.orchestration import make_stage_task
+from tasks.core.result import StageResult
+from tasks.core.stage import RunContext, StageOutput
+from tasks.core.store import MANIFEST, Store
+from tasks.core.units import UnitResult, WorkUnit, execute_unit, merge_results
+
+log = logging.getLogger("llmpipe.collect")
+
+
+LEDGER = "ledger.parquet"
+LEDGER_SCHEMA = pa.schema([("item", pa.uint64()), ("content", pa.uint64())])
+
+
+class SourceConfig(StageConfig):
+    """One source. Exactly one of `path`, `url`, `dataset` is set, or `kind: demo`."""
+
+    name: str
+    kind: Literal["files", "url", "hub", "demo"] | None = None  # inferred from path/url/dataset
+    path: str | None = None  # a file, a glob or a directory tree
+    url: str | None = None
+    dataset: str | None = None  # a Hugging Face hub dataset name
+    config_name: str | None = None  # the hub dataset's configuration
+    split: str = "train"
+    revision: str | None = None
+    format: Literal["auto", "txt", "md", "jsonl", "json", "parquet", "csv"] = "auto"
+    text_field: str = "text"
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "SourceConfig":
+        given = [k for k in ("path", "url", "dataset") if getattr(self, k)]
+        kind = self.kind or {"path": "files", "url": "url", "dataset": "hub"}.get(given[0] if given else "", None)
+        if kind is None:
+            raise ValueError(f"source '{self.name}' needs one of path, url, dataset (or kind: demo)")
+        needed = {"files": "path", "url": "url", "hub": "dataset", "demo": None}[kind]
+        if needed and not getattr(self, needed) or len(given) > (1 if needed else 0):
+            raise ValueError(f"source '{self.name}' of kind {kind} takes `{needed}` only (got: {given})")
+        object.__setattr__(self, "kind", kind)
+        return self
+
+
+class CollectConfig(StageConfig):
+    sources: list[SourceConfig] = Field(default_factory=list)
+    max_docs: int | None = None  # stop after this many documents (in source order; collects serially)
+    max_doc_chars: int = 2_000_000  # longer documents are split or dropped (see oversize)
+    oversize: Literal["split", "drop"] = "split"
+    invalid_utf8: Literal["repair", "quarantine"] = "repair"
+    incremental: bool = False  # collect only items that are new or changed since the last run
+    shard_mb: int = 128  # Parquet part files are rotated at about this size
+    unit_mb: int = 64  # input files are grouped into parallel work units of about this size
+    http_retries: int = 3
+    http_timeout: float = 30.0
+
+
+def source_from_arg(arg: str, index: int) -> SourceConfig:
+    """`--source` values: 'demo', an http(s) URL, a local path/glob/directory, or a hub dataset name."""
+    name = f"cli-{index}"
+    if arg == "demo":
+        return SourceConfig(name="demo", kind="demo")
+    if arg.startswith(("http://", "https://")):
+        return SourceConfig(name=name, url=arg)
+    if arg.startswith("hf://"):
+        return SourceConfig(name=name, dataset=arg[5:])
+    looks_local = os.path.exists(os.path.expanduser(arg)) or any(c in arg for c in "*?[") \
+        or arg.startswith((".", "/", "~")) or sources.format_of(arg) is not None
+    if looks_local:
+        return SourceConfig(name=name, path=arg)
+    return SourceConfig(name=name, dataset=arg)
+
+
+# --- planning ----------------------------------------------------------------------------------------
+
+def plan_units(cfg: CollectConfig, out_uri: str, ctx: RunContext, ledger_uri: str | None) -> list[WorkUnit]:
+    """Resolve sources to work units: groups of files, one URL, one hub dataset, or the demo corpus."""
+    units: list[WorkUnit] = []
+    for s_idx, src in enumerate(cfg.sources):
+        key = f"collect.sources[{s_idx}] ({src.name})"
+        groups: list[dict[str, Any]]
+        if src.kind == "files":
+            base, files = sources.expand_files(src.path, src.format, f"{key}.path")
+            groups = [{"base": str(base), "files": [str(f) for f in g]}
+                      for g in _group_by_size(files, cfg.unit_mb << 20)]
+        else:
+            groups = [{}]
+        for g_idx, group in enumerate(groups):
+            units.append(WorkUnit(
+                stage="collect", unit_id=f"s{s_idx:03d}-{g_idx:05d}", inputs=group.get("files", []),
+                out_uri=out_uri, store_root=ctx.store, config=cfg.canonical(),
+                extra={"source": s_idx, "base": group.get("base"), "ledger": ledger_uri}))
+    return units
+
+
+def _group_by_size(files: list[Path], unit_bytes: int) -> list[list[Path]]:
+    groups, current, size = [], [], 0
+    for f in files:
+        current.append(f)
+        size += f.stat().st_size
+        if size >= unit_bytes:
+            groups.append(current)
+            current, size = [], 0
+    if current:
+        groups.append(current)
+    return groups
+
+
+def fingerprint(cfg: CollectConfig) -> list[Any]:
+    """What the sources look like now: local files by (path, size, mtime); URLs and datasets by name.
+
+    Part of the stage key, so changed input files are collected again while unchanged ones are cached.
+    """
+    prints: list[Any] = []
+    for src in cfg.sources:
+        if src.kind == "files":
+            _, files = sources.expand_files(src.path, src.format)
+            prints.append([(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+        elif src.kind == "demo":
+            import sys
+            prints.append(["demo", sys.version])
+        else:
+            prints.append([src.url or src.dataset, src.config_name, src.split, src.revision])
+    return prints
+
+
+# --- one work unit -----------------------------------------------------------------------------------
+
+def collect_unit(unit: WorkUnit) -> UnitResult:
+    """Read one unit's input, write its documents, quarantine what cannot be read, note its ledger."""
+    cfg = CollectConfig.model_validate(unit.config)
+    src = cfg.sources[unit.extra["source"]]
+    writer = UnitWriter(unit, max_bytes=cfg.shard_mb << 20)
+    seen = _load_ledger(Store(unit.store_root), unit.extra.get("ledger")) if cfg.incremental else set()
+    ledger_rows: list[tuple[int, int]] = []
+    limit = unit.extra.get("limit")
+    fields_seen = False
+    missing_first: str | None = None
+    n = 0
+    for rec in _records(unit, src, cfg):
+        if limit is not None and n >= limit:
+            break
+        n += 1
+        if isinstance(rec, sources.BadRecord):
+            missing_first = missing_first or (rec.item if rec.reason == "missing_field" else None)
+            writer.quarantine(rec.reason, {"source": src.name, "item": rec.item, "detail": rec.detail,
+                                           **({"raw": rec.raw} if rec.raw is not None else {})})
+            continue
+        fields_seen = True
+        _collect_one(rec, src, cfg, writer, seen, ledger_rows)
+    if missing_first and not fields_seen:
+        raise UserError(f"source '{src.name}': no record has the field {src.text_field!r} (first: "
+                        f"{missing_first}). Set collect.sources[{unit.extra['source']}].text_field to the "
+                        "field that holds the text.")
+    result = writer.finish()
+    result.outputs["ledger"] = [_write_unit_ledger(writer.store, unit, ledger_rows)]
+    result.info = {"source": src.name, "docs_read": n}
+    return result
+
+
+def _records(unit: WorkUnit, src: SourceConfig, cfg: CollectConfig) -> Iterator[Any]:
+    if src.kind == "files":
+        base = Path(unit.extra["base"])
+        for f in unit.inputs:
+            path = Path(f)
+            fmt = sources.format_of(f, src.format)
+            yield from sources.read_file(path, path.relative_to(base).as_posix(), fmt, src.text_field)
+    elif src.kind == "url":
+        store = Store(unit.store_root)
+        name = sources.url_filename(src.url)
+        local = store.local_path(f"{unit.out_uri}/_downloads/{unit.unit_id}-{name}")
+        sources.download(src.url, local, retries=cfg.http_retries, timeout=cfg.http_timeout)
+        fmt = sources.format_of(name, src.format) or "txt"
+        for rec in sources.read_file(local, name, fmt, src.text_field):
+            rec.item = f"{src.url}#{rec.item}" if fmt not in ("txt", "md") else src.url
+            yield rec
+        local.unlink(missing_ok=True)
+    elif src.kind == "hub":
+        yield from sources.read_hub(src.dataset, src.config_name, src.split, src.text_field, src.revision)
+    else:
+        yield from sources.read_demo()
+
+
+def _collect_one(rec: sources.RawRecord, src: SourceConfig, cfg: CollectConfig, writer: UnitWriter,
+                 seen: set[tuple[int, int]], ledger_rows: list[tuple[int, int]]) -> None:
+    text, bad_at = _decode(rec.data)
+    if bad_at is not None:
+        if cfg.invalid_utf8 == "quarantine":
+            writer.quarantine("invalid_utf8", {"source": src.name, "item": rec.item, "detail":
+                              f"invalid UTF-8 at byte {bad_at}", "raw_base64": base64.b64encode(rec.data).decode()})
+            return
+        writer.count("utf8_repaired")
+    content = _h64(text)
+    item = _h64(f"{src.name}\0{rec.item}")
+    ledger_rows.append((item, content))
+    if (item, content) in seen:
+        writer.drop("already_collected")
+        return
+    if not text.strip():
+        writer.drop("empty")
+        return
+    doc = {"id": doc_id(src.name, rec.item, content), "text": text, "source": src.name,
+           "meta": rec.meta | {"item": rec.item}}
+    writer.count("bytes_in", len(rec.data) if isinstance(rec.data, bytes) else len(text.encode("utf-8", "replace")))
+    if len(text) > cfg.max_doc_chars:
+        if cfg.oversize == "drop":
+            writer.drop("oversize")
+            return
+        pieces = split_text(text, cfg.max_doc_chars)
+        writer.count("oversize_split")
+        writer.keep_pieces(doc, pieces)
+        return
+    writer.keep(doc)
+
+
+def _decode(data: bytes | str) -> tuple[str, int | None]:
+    if isinstance(data, str):
+        return data, None
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        return data.decode("utf-8", errors="replace"), exc.start
+
+
+def _h64(s: str) -> int:
+    return int.from_bytes(hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+
+
+def doc_id(source: str, item: str, content: int) -> str:
+    """Stable id from source, item and content hash: the same document gets the same id on every run."""
+    return hashlib.blake2b(f"{source}\0{item}\0{content:016x}".encode(), digest_size=8).hexdigest()
+
+
+def split_text(text: str, max_chars: int) -> list[str]:
+    """Pieces of at most max_chars, cut at a paragraph, line or space boundary where one is near."""
+    pieces, start = [], 0
+    while len(text) - start > max_chars:
+        end = start + max_chars
+        window = text[start + max_chars // 2:end]
+        for sep in ("\n\n", "\n", " "):
+            cut = window.rfind(sep)
+            if cut >= 0:
+                end = start + max_chars // 2 + cut + len(sep)
+                break
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return pieces
+
+
+# --- the incremental ledger --------------------------------------------------------------------------
+
+def _write_unit_ledger(store: Store, unit: WorkUnit, rows: list[tuple[int, int]]) -> str:
+    rel = f"_ledger/{unit.unit_id}.parquet"
+    table = pa.table({"item": [r[0] for r in rows], "content": [r[1] for r in rows]}, schema=LEDGER_SCHEMA)
+    tmp = f"{unit.out_uri}/_ledger/.{unit.unit_id}.tmp"
+    with store.open(tmp, "wb") as f:
+        pq.write_table(table, f)
+    store.commit(tmp, f"{unit.out_uri}/{rel}")
+    return rel
+
+
+def _load_ledger(store: Store, uri: str | None) -> set[tuple[int, int]]:
+    if not uri:
+        return set()
+    with store.open(uri, "rb") as f:
+        table = pq.read_table(f)
+    return set(zip(table.column("item").to_pylist(), table.column("content").to_pylist()))
+
+
+def latest_ledger(store: Store, scope: str) -> str | None:
+    """The ledger of the newest finished collect output of this scope (a killed run has none).
+
+    Each run's ledger holds everything collected so far; "newest" is the highest generation, which
+    every run sets to one more than the ledger it compared against.
+    """
+    best: tuple[int, str, str] | None = None
+    for stage_dir in store.ls(store.join("collect")):
+        manifest = f"{stage_dir}/{MANIFEST}"
+        if not store.exists(manifest):
+            continue
+        m = store.read_json(manifest)
+        rank = (m["stats"].get("ledger_generation", 0), m["created"], f"{stage_dir}/{LEDGER}")
+        if m["stats"].get("scope") == scope and (best is None or rank > best):
+            best = rank
+    return best[2] if best else None
+
+
+def _generation(store: Store, ledger: str | None) -> int:
+    if not ledger:
+        return 0
+    return store.read_manifest(ledger.rsplit("/", 1)[0])["stats"].get("ledger_generation", 0)
+
+
+def _merge_ledgers(store: Store, out_uri: str, previous: str | None, unit_ledgers: list[str]) -> str:
+    tables = []
+    if previous:
+        with store.open(previous, "rb") as f:
+            tables.append(pq.read_table(f))
+    for rel in unit_ledgers:
+        with store.open(f"{out_uri}/{rel}", "rb") as f:
+            tables.append(pq.read_table(f))
+    merged = pa.concat_tables(tables) if tables else LEDGER_SCHEMA.empty_table()
+    merged = merged.group_by(["item", "content"]).aggregate([]).sort_by([("item", "ascending"),
+                                                                           ("content", "ascending")])
+    tmp = f"{out_uri}/.{LEDGER}.tmp"
+    with store.open(tmp, "wb") as f:
+        pq.write_table(merged, f)
+    store.commit(tmp, f"{out_uri}/{LEDGER}")
+    return LEDGER
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+
+def collect_key(cfg: CollectConfig, ctx: RunContext) -> dict[str, Any]:
+    """Extra key inputs: what the sources hold now, and (incremental) which ledger they are compared to."""
+    extra: dict[str, Any] = {"sources": stable_hash(fingerprint(cfg), 24)}
+    if cfg.incremental:
+        ledger = latest_ledger(ctx.open_store(), _scope(ctx))
+        extra["ledger"] = ledger and ctx.open_store().file_digest(ledger)
+    return extra
+
+
+def _scope(ctx: RunContext) -> str:
+    return ctx.incremental_scope or ctx.pipeline
+
+
+def run_collect(upstream: list[StageResult], out_uri: str, cfg: CollectConfig, ctx: RunContext) -> StageOutput:
+    if not cfg.sources:
+        raise UserError("collect.sources is empty: add a source to the pipeline or pass --source PATH_OR_URL.")
+    store = ctx.open_store()
+    previous = latest_ledger(store, _scope(ctx)) if cfg.incremental else None
+    if previous is None:  # a full collection still records what it saw, for later incremental runs
+        previous_gen_source = latest_ledger(store, _scope(ctx))
+    else:
+        previous_gen_source = previous
+    units = plan_units(cfg, out_uri, ctx, previous)
+    if cfg.max_docs is not None:  # a budget carried across units in order, so the cut is deterministic
+        results, left = [], cfg.max_docs
+        for unit in units:
+            if left <= 0:
+                break
+            unit.extra["limit"] = left
+            results.append(execute_unit("tasks.collect:collect_unit", unit))
+            left -= results[-1].info.get("docs_read", 0)
+    else:
+        results = ctx.executor().map_units("tasks.collect:collect_unit", units)
+    account, outputs = merge_results(results)
+    account.check("collect")
+    outputs["ledger"] = _merge_ledgers(store, out_uri, previous, outputs.pop("ledger", []))
+    stats = account.as_stats()
+    stats.update(scope=_scope(ctx), units=len(units), units_resumed=sum(r.resumed for r in results),
+                 sources=_per_source(results), incremental=cfg.incremental, previous_ledger=previous,
+                 new_docs=account.docs_out, ledger_generation=_generation(store, previous_gen_source) + 1)
+    return StageOutput(outputs=outputs, stats=stats)
+
+
+def _per_source(results: list[UnitResult]) -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for r in results:
+        row = table.setdefault(r.info.get("source", "?"), {"docs_in": 0, "docs_out": 0, "dropped": 0,
+                                                            "quarantined": 0, "rows_out": 0})
+        row["docs_in"] += r.account.docs_in
+        row["docs_out"] += r.account.docs_out
+        row["rows_out"] += r.account.rows_out
+        row["dropped"] += sum(r.account.dropped.values())
+        row["quarantined"] += r.account.quarantined
+    return table
+
+
+run_collect.key_inputs = collect_key
+collect_task = make_stage_task("collect", run_collect, retries=2)

@@ -1,0 +1,164 @@
+"""End to end under a real (temporary) Prefect server: the CLI, caching on rerun, resume after SIGKILL."""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from tasks.core.docs import read_all
+from tasks.core.store import Store
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def run_cli(*args: str) -> int:
+    return main(list(args))
+
+
+def test_demo_until_collect_then_cached(tmp_path, capsys, prefect_server):
+    store = tmp_path / "store"
+    summary1, summary2 = tmp_path / "s1.json", tmp_path / "s2.json"
+    common = ["--set", f"store={store}", "--set", "collect.max_docs=40", "--until", "collect"]
+    assert run_cli("run", "demo", *common, "--summary", str(summary1)) == 0
+    first = json.loads(summary1.read_text())
+    assert first["status"] == "completed" and first["pipeline"] == "demo"
+    col = first["stages"]["collect"]
+    assert col["status"] == "completed" and col["stats"]["docs_out"] == 40 and col["stats"]["balanced"]
+    assert (Path(first["store"]) / "runs" / first["run_id"] / "summary.json").exists()
+    assert run_cli("run", "demo", *common, "--summary", str(summary2)) == 0
+    second = json.loads(summary2.read_text())
+    assert second["stages"]["collect"]["status"] == "cached"
+    assert second["stages"]["collect"]["seconds"] < max(1.0, col["seconds"])
+    out = capsys.readouterr().out
+    assert "collect   completed" in out and "collect   cached" in out
+    assert _task_state_names(second["run_id"]) == {"collect": "Cached"}
+
+
+def _task_state_names(flow_run_id: str) -> dict[str, str]:
+    """What Prefect itself recorded for the stage tasks of one flow run."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
+
+    async def fetch():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                               task_run_filter=TaskRunFilter())
+            return {r.task_key.split("-")[0] if False else r.name.split("-")[0]: r.state.name for r in runs
+                    if not r.name.startswith("unit")}
+
+    return asyncio.run(fetch())
+
+
+def test_all_stages_reported_with_status(tmp_path, prefect_server):
+    summary = tmp_path / "s.json"
+    code = run_cli("run", "demo", "--set", f"store={tmp_path / 'store'}", "--set", "collect.max_docs=20",
+                   "--summary", str(summary))
+    assert code == 0
+    stages = json.loads(summary.read_text())["stages"]
+    assert stages["collect"]["status"] in ("completed", "cached")
+    assert all(entry["status"] in ("completed", "cached", "not_implemented") for entry in stages.values())
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
+    assert run_cli("run", "demo", "--set", "collect.max_dcs=3") == 2
+    err = capsys.readouterr().err
+    assert "collect.max_dcs: unknown key" in err and "Traceback" not in err
+    assert run_cli("run", "demo", "--set", f"store={tmp_path}", "--source", str(tmp_path / "missing"),
+                   "--until", "collect") == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
+
+
+def test_source_flag_replaces_sources(tmp_path):
+    texts = tmp_path / "my_texts"
+    texts.mkdir()
+    for i in range(3):
+        (texts / f"{i}.txt").write_text(f"my own document number {i}")
+    summary = tmp_path / "s.json"
+    assert run_cli("run", "demo", "--source", str(texts), "--set", f"store={tmp_path / 'store'}",
+                   "--until", "collect", "--summary", str(summary)) == 0
+    s = json.loads(summary.read_text())
+    assert s["stages"]["collect"]["stats"]["docs_out"] == 3
+    assert list(s["stages"]["collect"]["stats"]["sources"]) == ["cli-0"]
+
+
+# --- SIGKILL in the middle of collect, then rerun -----------------------------------------------------------
+
+class StallingHandler(http.server.BaseHTTPRequestHandler):
+    release = threading.Event()
+
+    def do_GET(self):
+        if self.path.startswith("/stall") and not StallingHandler.release.is_set():
+            StallingHandler.release.wait(120)
+        body = "".join(json.dumps({"text": f"{self.path} line {i}"}) + "\n" for i in range(50)).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stalling_server():
+    StallingHandler.release.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StallingHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    StallingHandler.release.set()
+    server.shutdown()
+
+
+def _config(tmp_path: Path, base: str) -> Path:
+    urls = [f"{base}/a{i}.jsonl" for i in range(4)] + [f"{base}/stall.jsonl"]
+    sources = "\n".join(f"        - name: web{i}\n          url: {u}" for i, u in enumerate(urls))
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(f"defaults:\n  runner:\n    workers: 1\npipelines:\n  web:\n    collect:\n      sources:\n{sources}\n")
+    return path
+
+
+@pytest.mark.slow
+def test_sigkill_mid_collect_then_rerun_equals_uninterrupted(tmp_path, stalling_server, prefect_server):
+    cfg = _config(tmp_path, stalling_server)
+    store = tmp_path / "store"
+    env = dict(os.environ, PREFECT_API_URL=prefect_server)
+    cmd = [sys.executable, "-m", "flows.cli", "run", "web", "-c", str(cfg), "--set", f"store={store}",
+           "--until", "collect"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    markers: list[Path] = []
+    while time.time() < deadline and len(markers) < 4:
+        markers = list(store.glob("collect/*/_units/*.json"))
+        time.sleep(0.2)
+    assert len(markers) == 4, "the four fast units should finish while the fifth stalls"
+    stage_dir = markers[0].parent.parent
+    assert not (stage_dir / "_SUCCESS.json").exists()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    StallingHandler.release.set()
+    summary = tmp_path / "resumed.json"
+    assert run_cli("run", "web", "-c", str(cfg), "--set", f"store={store}", "--until", "collect",
+                   "--summary", str(summary)) == 0
+    resumed = json.loads(summary.read_text())["stages"]["collect"]
+    assert resumed["status"] == "completed" and resumed["stats"]["units_resumed"] == 4
+    clean_store = tmp_path / "clean"
+    summary2 = tmp_path / "clean.json"
+    assert run_cli("run", "web", "-c", str(cfg), "--set", f"store={clean_store}", "--until", "collect",
+                   "--summary", str(summary2)) == 0
+    clean = json.loads(summary2.read_text())["stages"]["collect"]
+    docs_a = read_all(Store(store), [f"{resumed['uri']}/{f}" for f in resumed["outputs"]["docs"]])
+    docs_b = read_all(Store(clean_store), [f"{clean['uri']}/{f}" for f in clean["outputs"]["docs"]])
+    assert docs_a == docs_b and len(docs_a) == 250
+    assert resumed["stats"]["docs_out"] == clean["stats"]["docs_out"] == 250
