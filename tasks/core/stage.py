@@ -93,7 +93,7 @@ def plan_stage(stage: str, fn: StageFn, cfg: StageConfig, upstream: list[StageRe
     extra_key = key_inputs(cfg, ctx) if key_inputs else None
     inputs = [r.digest for r in upstream]
     code = code_version(fn)
-    key_cfg = cfg.canonical() | ({"_extra": extra_key} if extra_key else {})
+    key_cfg = cfg.key_dict() | ({"_extra": extra_key} if extra_key else {})
     key = stage_key(stage, key_cfg, inputs, code)
     uri = store.stage_dir(stage, key)
     return StagePlan(stage=stage, key=key, uri=uri, inputs=inputs, code=code, complete=store.is_complete(uri))

@@ -157,5 +157,5 @@ def code_version(*objects: Any) -> str:
 
 def stage_key(stage: str, cfg: StageConfig | dict, inputs: list[str], code: str) -> str:
     """`<stage>-<hash>`: config, input digests and code version decide where a stage writes."""
-    config = cfg.canonical() if isinstance(cfg, StageConfig) else cfg
+    config = cfg.key_dict() if isinstance(cfg, StageConfig) else cfg
     return stable_hash({"stage": stage, "config": config, "inputs": sorted(inputs), "code": code}, 16)
