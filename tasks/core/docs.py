@@ -22,12 +22,15 @@ SCHEMA = pa.schema([
 class DocWriter:
     """Buffers documents and writes Parquet part files of bounded size under `<dir>/<prefix>-NNNNN.parquet`.
 
+    Row groups hold at most `batch_rows` rows and about `batch_bytes` of text: downstream stages split
+    their work units at row-group boundaries, so small row groups mean parallel work on small corpora.
+
     Each part is written under a temporary name and published on close, so a killed writer
     leaves no file that looks finished.
     """
 
     def __init__(self, store: Store, dir_uri: str, prefix: str = "part", *, max_bytes: int = 128 << 20,
-                 batch_rows: int = 2048, batch_bytes: int = 16 << 20, compression: str = "zstd"):
+                 batch_rows: int = 512, batch_bytes: int = 16 << 20, compression: str = "zstd"):
         self.store, self.dir_uri, self.prefix = store, dir_uri.rstrip("/"), prefix
         self.max_bytes, self.batch_rows, self.batch_bytes = max_bytes, batch_rows, batch_bytes
         self.compression = compression

@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from tasks.core.config import StageConfig
 from tasks.core.docs import DocWriter, iter_batches
 from tasks.core.result import Account
@@ -101,18 +103,44 @@ def _meta_dict(meta: Any) -> dict[str, Any]:
 
 
 def iter_unit_docs(unit: WorkUnit, batch_rows: int = 512) -> Iterator[list[dict[str, Any]]]:
-    """The unit's input documents as lists of dicts, one batch at a time."""
+    """The unit's input documents (its row groups of its input shard) as lists of dicts, a batch at a time."""
     store = Store(unit.store_root)
-    for batch in iter_batches(store, unit.inputs, batch_rows):
-        yield batch.to_pylist()
+    row_groups = unit.extra.get("row_groups")
+    if row_groups is None:
+        for batch in iter_batches(store, unit.inputs, batch_rows):
+            yield batch.to_pylist()
+        return
+    with store.open(unit.inputs[0], "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, row_groups=row_groups):
+            yield batch.to_pylist()
 
 
 def shard_units(stage: str, inputs: list[str], out_uri: str, cfg: StageConfig, ctx: RunContext,
-                extra: dict[str, Any] | None = None) -> list[WorkUnit]:
-    """One unit per input shard, named by its position so a rerun finds the same unit ids."""
-    return [WorkUnit(stage=stage, unit_id=f"u{i:05d}", inputs=[uri], out_uri=out_uri, store_root=ctx.store,
-                     config=cfg.canonical(), extra=extra or {})
-            for i, uri in enumerate(inputs)]
+                extra: dict[str, Any] | None = None, unit_rows: int = 512) -> list[WorkUnit]:
+    """Units of consecutive row groups of one input shard, at most about `unit_rows` rows each.
+
+    The split depends on the input files only (not on the worker count), so a rerun finds the same unit
+    ids and the same output files; small corpora still get several units to spread over the cores.
+    """
+    store = Store(ctx.store)
+    units = []
+    for i, uri in enumerate(inputs):
+        with store.open(uri, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        groups: list[list[int]] = []
+        rows = 0
+        for rg in range(meta.num_row_groups):
+            n = meta.row_group(rg).num_rows
+            if not groups or rows + n > unit_rows:
+                groups.append([])
+                rows = 0
+            groups[-1].append(rg)
+            rows += n
+        for k, rgs in enumerate(groups or [[]]):
+            units.append(WorkUnit(stage=stage, unit_id=f"u{i:05d}-{k:04d}", inputs=[uri], out_uri=out_uri,
+                                  store_root=ctx.store, config=cfg.canonical(),
+                                  extra=(extra or {}) | {"row_groups": rgs}))
+    return units
 
 
 def run_map_stage(stage: str, unit_fn_ref: str, inputs: list[str], out_uri: str, cfg: StageConfig,
