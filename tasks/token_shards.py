@@ -53,6 +53,12 @@ class ShardWriter:
         self._tokens = self._docs = 0
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def open_tokens(self) -> int:
+        """Tokens already in the shard being written (0 when none is open), so callers can cut whole
+        documents exactly where a per-document append would close the shard."""
+        return self._tokens if self._fh is not None else 0
+
     def append(self, tokens: np.ndarray, docs: int = 1) -> None:
         """Add a run of tokens (one or more whole documents, end-of-text included)."""
         if self._fh is None:

@@ -1,0 +1,597 @@
+"""Tokenize stage: train (or load) a byte-level BPE tokenizer and pack documents into token shards.
+
+Named `tokenizer.py`, not `tokenize.py`, so it never shadows the standard library's `tokenize`.
+
+Outputs under the stage directory:
+    tokenizer.json          Hugging Face `tokenizers` file (also loads in transformers'
+                            PreTrainedTokenizerFast(tokenizer_file=...))
+    tokens/index.json       shard list, token counts, dtype, vocab size, tokenizer hash (tasks.token_shards)
+    tokens/<split>-NNNNN.bin  packed ids, one end-of-text token after each document
+
+Speed: encoding runs on the Rust thread pool of `tokenizers` (all cores, GIL released); this process
+only reads Parquet, cuts long documents into pieces, converts ids and writes, overlapped with the
+encoding of the previous batch. No worker processes: forking next to a running Rust pool can deadlock.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import xxhash
+from pydantic import Field, model_validator
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from tasks.core.config import StageConfig
+from tasks.core.docs import iter_batches
+from tasks.core.errors import ConfigError, UserError
+from tasks.core.orchestration import make_stage_task
+from tasks.core.result import Account, StageResult
+from tasks.core.stage import RunContext, StageOutput
+from tasks.core.store import Store
+from tasks.token_shards import ShardWriter, dtype_for_vocab, read_index, write_index
+
+log = logging.getLogger("llmpipe.tokenize")
+
+SPLITS = ("train", "val")
+PIECE_CHARS = 8192  # whole multi-MB books encode ~1.5x slower per byte than ~8 KB pieces (cache misses)
+IN_FLIGHT = 2  # encode batches at once: the next one fills the thread pool while the last one finishes
+READ_ROWS = 64  # rows per Parquet read; documents are regrouped into encode batches by size
+SPLIT_SEED = 0x5EED  # different seeds: the validation split and the training sample are independent
+SAMPLE_SEED = 0x7A1B
+# A space preceded by a visible character: GPT-2's pre-tokenizer regex always splits right before it
+# (no pattern continues a word through a space, and a whitespace run cannot start at a visible char).
+_CUT_BEFORE = re.compile(r"(?<=[!-~\w]) ")
+
+
+class TokenizeConfig(StageConfig):
+    """The `tokenize:` section of pipelines.yaml."""
+
+    vocab_size: int = Field(4096, description="BPE vocabulary size when training (special tokens included)")
+    min_frequency: int = Field(2, ge=1, description="a merge must occur at least this often to be learned")
+    eot_token: str = Field("<|endoftext|>", description="end-of-text token appended after every document")
+    pad_token: str = Field("<|pad|>", description="padding token (falls back to eot for a loaded tokenizer "
+                                                  "that has none)")
+    extra_special_tokens: tuple[str, ...] = Field((), description="more special tokens to reserve")
+    tokenizer_file: str | None = Field(None, description="load this tokenizer.json instead of training")
+    append_to: str | None = Field(None, description="tokens/index.json of an earlier run: tokenize only this "
+                                                    "input with that run's tokenizer and list both")
+    val_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="share of documents (by id hash) in 'val'")
+    dtype: Literal["auto", "uint16", "uint32"] = "auto"
+    shard_tokens: int = Field(1 << 27, ge=1, description="a shard closes after the document reaching this")
+    batch_docs: int = Field(1024, ge=1, description="most documents per encode batch")
+    batch_bytes: int = Field(4 << 20, ge=1, description="text bytes per encode batch")
+    workers: int = Field(0, ge=0, description="Rust encode threads; 0 = every core (read at first use)")
+    max_train_bytes: int = Field(1 << 30, ge=0, description="train on a sample of about this many bytes "
+                                                            "(documents chosen by id hash); 0 = all")
+
+    key_exclude = frozenset({"batch_docs", "batch_bytes", "workers"})  # shards are identical whatever these are
+
+    @property
+    def special_tokens(self) -> list[str]:
+        return [self.eot_token, self.pad_token, *self.extra_special_tokens]
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenizeConfig:
+        specials = self.special_tokens
+        if not all(specials) or len(set(specials)) != len(specials):
+            raise ValueError(f"special tokens must be distinct non-empty strings, got {specials}")
+        if self.tokenizer_file is None and self.vocab_size < 256 + len(specials):
+            raise ValueError(f"vocab_size {self.vocab_size} is smaller than the 256 byte tokens plus "
+                             f"{len(specials)} special tokens; use at least {256 + len(specials)}")
+        if self.tokenizer_file is None and self.dtype == "uint16" and self.vocab_size > 1 << 16:
+            raise ValueError(f"vocab_size {self.vocab_size} does not fit dtype uint16 (65536 ids at most); "
+                             "set dtype to uint32 or auto")
+        return self
+
+
+# tokenizer ---------------------------------------------------------------------------------------------
+
+def new_tokenizer() -> Tokenizer:
+    """An untrained GPT-2 style byte-level BPE: lossless on any UTF-8 text, no unknown token."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def train_tokenizer(texts: Iterable[str], cfg: TokenizeConfig) -> Tokenizer:
+    """Train on a stream of texts; `tokenizers` counts words on all cores as it pulls them."""
+    tok = new_tokenizer()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=cfg.special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def load_tokenizer(path: str | os.PathLike, key: str = "tokenize.tokenizer_file") -> Tokenizer:
+    """Read a tokenizer.json; a missing or unreadable file is a UserError naming `key`."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{key}: {path} does not exist. Give the path of a tokenizer.json saved by "
+                        "Hugging Face tokenizers (GPT-2's, or one this stage trained), or remove the key "
+                        "to train one.")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # the Rust side raises a bare Exception with the serde error
+        raise UserError(f"{key}: {path} is not a tokenizer.json that Hugging Face tokenizers can read "
+                        f"({exc}). Point it at a file written by Tokenizer.save() or save_pretrained(), or "
+                        "remove the key to train a tokenizer.") from exc
+    tok.no_truncation()  # a file saved with truncation on would silently cut documents
+    tok.no_padding()
+    return tok
+
+
+def vocab_size_of(tok: Tokenizer) -> int:
+    """Number of ids the token arrays must hold (added tokens included, gaps counted)."""
+    return max(tok.get_vocab_size(with_added_tokens=True), max(tok.get_vocab(True).values()) + 1)
+
+
+def special_token_ids(tok: Tokenizer, cfg: TokenizeConfig, where: str) -> tuple[int, int]:
+    """(eot_id, pad_id); a tokenizer without the end-of-text token is a UserError."""
+    eot_id = tok.token_to_id(cfg.eot_token)
+    if eot_id is None:
+        raise UserError(f"{where} has no token {cfg.eot_token!r}: set tokenize.eot_token to that tokenizer's "
+                        "end-of-text token (GPT-2's is '<|endoftext|>').")
+    pad_id = tok.token_to_id(cfg.pad_token)
+    return eot_id, eot_id if pad_id is None else pad_id
+
+
+def cuts_between_words(tok: Tokenizer) -> bool:
+    """True for a plain GPT-2 style byte-level BPE, whose ids for a text equal the concatenated ids of
+    its `cut_text` pieces; any other tokenizer gets whole documents."""
+    spec = json.loads(tok.to_str())
+    pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
+    return (spec.get("normalizer") is None
+            and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+            and not pre.get("add_prefix_space", True)
+            and model.get("type") == "BPE" and model.get("dropout") is None
+            and all(t.get("special") for t in spec.get("added_tokens", [])))
+
+
+def cut_text(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
+    """Pieces of about `piece_chars` characters, each cut right before a space that follows a visible
+    character, where the byte-level pre-tokenizer splits anyway: encoding the pieces gives the same ids."""
+    if len(text) < 2 * piece_chars:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start >= 2 * piece_chars:
+        cut = _CUT_BEFORE.search(text, start + piece_chars)
+        if cut is None:
+            break
+        pieces.append(text[start:cut.start()])
+        start = cut.start()
+    pieces.append(text[start:])
+    return pieces
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _publish(src_or_tok: Path | Tokenizer, target: Path) -> None:
+    """Write tokenizer.json under a temporary name, then rename: never a half-written file."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    if isinstance(src_or_tok, Tokenizer):
+        src_or_tok.save(str(tmp))
+    else:
+        shutil.copyfile(src_or_tok, tmp)  # a copy, byte for byte: its hash stays the source's hash
+    os.replace(tmp, target)
+
+
+# reading documents -------------------------------------------------------------------------------------
+
+@dataclass
+class DocBatch:
+    """Non-empty documents to encode together, and how many empty ones were skipped on the way."""
+
+    ids: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    nbytes: list[int] = field(default_factory=list)  # UTF-8 bytes of each text
+    empty: int = 0
+
+
+def read_doc_batches(store: Store, uris: list[str], batch_docs: int, batch_bytes: int) -> Iterator[DocBatch]:
+    """Stream documents in batches of at most `batch_docs` docs or about `batch_bytes` of text."""
+    batch, size = DocBatch(), 0
+    for rows in iter_batches(store, uris, batch_rows=READ_ROWS, columns=["id", "text"]):
+        texts = rows.column("text")
+        nbytes = pc.binary_length(texts).to_pylist()
+        for doc_id, text, n in zip(rows.column("id").to_pylist(), texts.to_pylist(), nbytes):
+            if not text or text.isspace():
+                batch.empty += 1
+                continue
+            batch.ids.append(doc_id or "")
+            batch.texts.append(text)
+            batch.nbytes.append(n)
+            size += n
+            if len(batch.ids) >= batch_docs or size >= batch_bytes:
+                yield batch
+                batch, size = DocBatch(), 0
+    if batch.ids or batch.empty:
+        yield batch
+
+
+def _unit_hash(doc_id: str, seed: int) -> float:
+    """A stable number in [0, 1) from a document id."""
+    return xxhash.xxh64_intdigest(doc_id.encode(), seed) / 2.0**64
+
+
+def split_of(doc_id: str, val_fraction: float) -> str:
+    """'val' or 'train' from a hash of the id alone: a document keeps its split when the corpus grows."""
+    return "val" if _unit_hash(doc_id, SPLIT_SEED) < val_fraction else "train"
+
+
+def text_bytes_estimate(store: Store, uris: list[str]) -> int:
+    """Uncompressed size of the text column from Parquet footers (no data read)."""
+    total = 0
+    for uri in uris:
+        with store.open(uri, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            total += sum(group.column(c).total_uncompressed_size for c in range(group.num_columns)
+                         if group.column(c).path_in_schema == "text")
+    return total
+
+
+def training_texts(store: Store, uris: list[str], cfg: TokenizeConfig,
+                   sample: dict[str, Any]) -> Iterator[str]:
+    """Train-split documents, cut into pieces; above `max_train_bytes`, a sample chosen by id hash
+    spread over the whole corpus. Fills `sample` with what was used."""
+    keep = 1.0
+    if cfg.max_train_bytes:  # the train split holds about (1 - val_fraction) of the text
+        train_estimate = text_bytes_estimate(store, uris) * (1.0 - cfg.val_fraction)
+        keep = min(1.0, cfg.max_train_bytes / max(train_estimate, 1.0))
+    sample.update(train_docs=0, train_bytes=0, train_sample_fraction=keep)
+    for batch in read_doc_batches(store, uris, cfg.batch_docs, cfg.batch_bytes):
+        for doc_id, text, n in zip(batch.ids, batch.texts, batch.nbytes):
+            if split_of(doc_id, cfg.val_fraction) != "train" or _unit_hash(doc_id, SAMPLE_SEED) >= keep:
+                continue
+            if cfg.max_train_bytes and sample["train_bytes"] >= cfg.max_train_bytes:
+                return
+            sample["train_docs"] += 1
+            sample["train_bytes"] += n
+            yield from cut_text(text)
+
+
+# packing -----------------------------------------------------------------------------------------------
+
+@dataclass
+class EncodedBatch:
+    tokens: dict[str, np.ndarray]  # split -> (n,) ids of its documents, one eot after each
+    doc_tokens: dict[str, np.ndarray]  # split -> (docs,) tokens per document, eot included
+    text_bytes: dict[str, int]
+    special_text_docs: int  # documents holding a special token's text (encoded as plain text)
+
+
+def append_documents(writer: ShardWriter, tokens: np.ndarray, doc_tokens: np.ndarray) -> None:
+    """Append whole documents in few writes, closing shards exactly where per-document appends would
+    (after the document that fills one), so shard boundaries do not depend on batch sizes."""
+    ends = np.cumsum(doc_tokens)  # (docs,) end of each document within `tokens`
+    done_docs = done_tokens = 0
+    while done_docs < ends.size:
+        room = writer.max_tokens - writer.open_tokens
+        last = min(int(np.searchsorted(ends, done_tokens + room, side="left")), ends.size - 1)
+        end = int(ends[last])
+        writer.append(tokens[done_tokens:end], docs=last + 1 - done_docs)
+        done_docs, done_tokens = last + 1, end
+
+
+class Packer:
+    """Encodes document batches on the tokenizers thread pool and appends them to per-split shards."""
+
+    def __init__(self, tok: Tokenizer, tokens_dir: Path, *, dtype: np.dtype, eot_id: int, val_fraction: float,
+                 shard_tokens: int, special_tokens: list[str], first_index: dict[str, int] | None = None):
+        tok.encode_special_tokens = True  # a document's literal "<|endoftext|>" is text, not a boundary
+        self.tok, self.dtype, self.eot_id, self.val_fraction = tok, np.dtype(dtype), eot_id, val_fraction
+        self.special_tokens = special_tokens
+        self.cut = cuts_between_words(tok)
+        self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)  # ids only, no offsets
+        first_index = first_index or {}
+        self.writers = {s: ShardWriter(tokens_dir, s, self.dtype, shard_tokens, first_index.get(s, 0))
+                        for s in SPLITS}
+        self.totals = {s: {"docs": 0, "tokens": 0, "bytes": 0} for s in SPLITS}
+        self.special_text_docs = 0
+        self.shards: dict[str, list[dict[str, Any]]] = {}  # split -> finished shard entries, after close()
+
+    def pack(self, batches: Iterable[DocBatch], account: Account) -> None:
+        """Read batch k+1 while batch k encodes; write results in input order (deterministic shards)."""
+        pending: deque = deque()
+        with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="llmpipe-encode") as pool:
+            for batch in batches:
+                for _ in range(batch.empty):
+                    account.drop("empty")
+                pending.append(pool.submit(self.encode, batch))
+                if len(pending) >= IN_FLIGHT:
+                    self._write(pending.popleft().result(), account)
+            while pending:
+                self._write(pending.popleft().result(), account)
+
+    def encode(self, batch: DocBatch) -> EncodedBatch:
+        """Token arrays per split for one batch (runs in an encode thread)."""
+        pieces, piece_counts = [], []
+        for text in batch.texts:
+            parts = cut_text(text) if self.cut else [text]
+            pieces.extend(parts)
+            piece_counts.append(len(parts))
+        encodings = self._encode_batch(pieces, add_special_tokens=False)
+        arrays: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+        lengths: dict[str, list[int]] = {s: [] for s in SPLITS}
+        nbytes = dict.fromkeys(SPLITS, 0)
+        eot = np.array([self.eot_id], dtype=self.dtype)
+        first = 0
+        for doc_id, count, n in zip(batch.ids, piece_counts, batch.nbytes):
+            split = split_of(doc_id, self.val_fraction)
+            doc = [np.array(e.ids, dtype=self.dtype) for e in encodings[first:first + count]]
+            first += count
+            arrays[split].extend(doc)
+            arrays[split].append(eot)
+            lengths[split].append(sum(a.size for a in doc) + 1)
+            nbytes[split] += n
+        special = sum(any(t in text for t in self.special_tokens) for text in batch.texts)
+        return EncodedBatch(
+            tokens={s: np.concatenate(arrays[s]) if arrays[s] else np.empty(0, self.dtype) for s in SPLITS},
+            doc_tokens={s: np.asarray(lengths[s], dtype=np.int64) for s in SPLITS},
+            text_bytes=nbytes, special_text_docs=special)
+
+    def _write(self, encoded: EncodedBatch, account: Account) -> None:
+        for split in SPLITS:
+            docs = encoded.doc_tokens[split].size
+            if docs:
+                append_documents(self.writers[split], encoded.tokens[split], encoded.doc_tokens[split])
+            totals = self.totals[split]
+            totals["docs"] += docs
+            totals["tokens"] += encoded.tokens[split].size
+            totals["bytes"] += encoded.text_bytes[split]
+            for _ in range(docs):
+                account.keep()
+        self.special_text_docs += encoded.special_text_docs
+
+    def close(self) -> dict[str, list[dict[str, Any]]]:
+        """Finish the open shards; returns (and keeps in `shards`) each split's shard entries."""
+        self.shards = {s: w.close() for s, w in self.writers.items()}
+        return self.shards
+
+
+def pack_documents(store: Store, uris: list[str], tok: Tokenizer, tokens_dir: Path, cfg: TokenizeConfig, *,
+                   dtype: np.dtype, eot_id: int, account: Account,
+                   first_index: dict[str, int] | None = None) -> Packer:
+    """Read, encode and write every document of `uris`; returns the closed packer (shards, totals)."""
+    packer = Packer(tok, tokens_dir, dtype=dtype, eot_id=eot_id, val_fraction=cfg.val_fraction,
+                    shard_tokens=cfg.shard_tokens, special_tokens=cfg.special_tokens, first_index=first_index)
+    packer.pack(read_doc_batches(store, uris, cfg.batch_docs, cfg.batch_bytes), account)
+    packer.close()
+    return packer
+
+
+# incremental runs --------------------------------------------------------------------------------------
+
+@dataclass
+class PreviousTokens:
+    """An earlier run's index, its shards addressed from the new tokens directory."""
+
+    index_path: Path
+    index: dict[str, Any]
+    shards: dict[str, list[dict[str, Any]]]
+    tokenizer_path: Path  # the tokenizer.json of that run's stage directory
+
+    @property
+    def next_index(self) -> dict[str, int]:
+        """Shard numbers continue after the earlier ones, so names stay unique in the combined index."""
+        return {s: len(self.shards.get(s, [])) for s in SPLITS}
+
+
+def load_previous(append_to: str, tokens_dir: Path) -> PreviousTokens:
+    index_path = Path(append_to).expanduser().resolve()
+    if not index_path.is_file():
+        raise UserError(f"tokenize.append_to: {index_path} does not exist. Give the tokens/index.json of the "
+                        "run to extend (the champion's data), or remove the key to tokenize from scratch.")
+    try:
+        index = read_index(index_path)
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise UserError(f"tokenize.append_to: {index_path} is not a token index ({exc}).") from exc
+    shards: dict[str, list[dict[str, Any]]] = {}
+    for split, entry in index["splits"].items():
+        shards[split] = []
+        for shard in entry["shards"]:
+            path = index_path.parent / shard["file"]
+            if not path.is_file():
+                raise UserError(f"tokenize.append_to: {index_path} lists {path}, which is missing; the "
+                                "earlier run's output is incomplete. Point append_to at a complete run.")
+            shards[split].append({**shard, "file": os.path.relpath(path, tokens_dir)})
+    return PreviousTokens(index_path, index, shards, index_path.parent.parent / "tokenizer.json")
+
+
+def check_previous(previous: PreviousTokens, *, sha: str, tokenizer_source: str, eot_id: int,
+                   cfg: TokenizeConfig) -> None:
+    """Appending is only sound with the very tokenizer, end-of-text id and split rule of the earlier run."""
+    index, where = previous.index, f"tokenize.append_to: {previous.index_path}"
+    if index["tokenizer_sha256"] != sha:
+        raise UserError(
+            f"{where} was made with tokenizer sha256 {index['tokenizer_sha256'][:12]}, but "
+            f"{tokenizer_source} has sha256 {sha[:12]}. New tokens must use the same tokenizer as the model "
+            f"trained on the old ones: set tokenize.tokenizer_file to {previous.tokenizer_path} (or the "
+            "champion's tokenizer.json), or remove append_to to re-tokenize everything with the new "
+            "tokenizer and retrain from scratch.")
+    if index["eot_id"] != eot_id:
+        raise UserError(f"{where} uses end-of-text id {index['eot_id']}, but tokenize.eot_token "
+                        f"{cfg.eot_token!r} is id {eot_id}; use the earlier run's eot_token.")
+    if index.get("val_fraction", cfg.val_fraction) != cfg.val_fraction:
+        raise UserError(f"{where} split documents with val_fraction {index['val_fraction']}, this run has "
+                        f"{cfg.val_fraction}; use the same value so every document keeps its split.")
+
+
+def choose_dtype(vocab_size: int, cfg: TokenizeConfig, source: str,
+                 previous: PreviousTokens | None) -> np.dtype:
+    """The configured dtype, checked against the vocabulary and, when appending, the earlier shards."""
+    if previous is not None:
+        earlier = np.dtype(previous.index["dtype"])
+        if cfg.dtype not in ("auto", earlier.name):
+            raise ConfigError(f"tokenize.dtype: {cfg.dtype} differs from the {earlier.name} shards of "
+                              f"{previous.index_path}; set it to auto or {earlier.name} when appending.")
+        return earlier
+    try:
+        return dtype_for_vocab(vocab_size, cfg.dtype)
+    except ValueError as exc:
+        raise ConfigError(f"tokenize.dtype: the tokenizer from {source}: {exc}") from exc
+
+
+# stats -------------------------------------------------------------------------------------------------
+
+def tokenize_stats(account: Account, packer: Packer, *, tok_info: dict[str, Any], index: dict[str, Any],
+                   pack_seconds: float) -> dict[str, Any]:
+    """Stage stats: the account, sizes, bytes per token, tokens per split, tokenizer and timings."""
+    totals = packer.totals
+    docs = sum(t["docs"] for t in totals.values())
+    tokens = sum(t["tokens"] for t in totals.values())
+    text_bytes = sum(t["bytes"] for t in totals.values())
+    return {
+        **account.as_stats(),
+        "docs": docs, "bytes": text_bytes, "tokens": tokens,
+        "bytes_per_token": round(text_bytes / max(tokens - docs, 1), 4),  # eot tokens excluded
+        "tokens_by_split": {s: t["tokens"] for s, t in totals.items()},
+        "docs_by_split": {s: t["docs"] for s, t in totals.items()},
+        "index_tokens_by_split": {s: e["tokens"] for s, e in index["splits"].items()},
+        "docs_with_special_token_text": packer.special_text_docs,
+        "vocab_size": index["vocab_size"], "dtype": index["dtype"], "eot_id": index["eot_id"],
+        "pad_id": index["pad_id"], "tokenizer_sha256": index["tokenizer_sha256"],
+        "encoded_in_pieces": packer.cut,
+        **tok_info,
+        "pack_seconds": round(pack_seconds, 3),
+        "pack_mb_per_s": round(text_bytes / 1e6 / max(pack_seconds, 1e-9), 3),
+    }
+
+
+def stats_table(stats: dict[str, Any]) -> list[dict[str, str]]:
+    """Rows of (metric, value) for a Prefect table artifact; nested dicts become one row per key."""
+    rows = []
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            rows.extend({"metric": f"{key}.{k}", "value": str(v)} for k, v in value.items())
+        else:
+            rows.append({"metric": key, "value": str(value)})
+    return rows
+
+
+def publish_stats_artifact(stats: dict[str, Any]) -> bool:
+    """Show the stats as a table artifact of the current Prefect run; outside a run, do nothing."""
+    try:
+        from prefect.context import get_run_context
+        from prefect.exceptions import MissingContextError
+    except ImportError:
+        return False
+    try:
+        get_run_context()
+    except MissingContextError:
+        return False
+    from prefect.artifacts import create_table_artifact
+
+    try:
+        create_table_artifact(table=stats_table(stats), key="tokenize-stats",
+                              description="Tokenize stage: documents, bytes, tokens per split, tokenizer")
+    except Exception as exc:  # noqa: BLE001 - an artifact is a report, not a result: never fail the stage
+        log.warning("could not create the tokenize-stats artifact: %s", exc)
+        return False
+    return True
+
+
+# the stage ---------------------------------------------------------------------------------------------
+
+def obtain_tokenizer(store: Store, doc_uris: list[str], cfg: TokenizeConfig, previous: PreviousTokens | None,
+                     target: Path) -> tuple[Tokenizer, dict[str, Any]]:
+    """Load the configured (or, when appending, the earlier run's) tokenizer, or train one on the input;
+    either way publish it as `target`. Never trains when appending."""
+    source = cfg.tokenizer_file
+    key = "tokenize.tokenizer_file"
+    if source is None and previous is not None:
+        source, key = str(previous.tokenizer_path), "tokenize.append_to (its tokenizer.json)"
+    if source is not None:
+        tok = load_tokenizer(source, key)
+        _publish(Path(source).expanduser(), target)
+        return tok, {"tokenizer_origin": "file", "tokenizer_source": str(source), "train_seconds": 0.0}
+    sample: dict[str, Any] = {}
+    start = time.perf_counter()
+    tok = train_tokenizer(training_texts(store, doc_uris, cfg, sample), cfg)
+    seconds = time.perf_counter() - start
+    if sample["train_docs"] == 0:
+        raise UserError("tokenize: the input has no non-empty training documents to train a tokenizer on; "
+                        "check the upstream stages' stats, or set tokenize.tokenizer_file.")
+    _publish(tok, target)
+    return tok, {"tokenizer_origin": "trained", "train_seconds": round(seconds, 3), **sample}
+
+
+def tokenize_key_extra(cfg: TokenizeConfig, ctx: RunContext | None = None) -> dict[str, str]:
+    """Hashes of the files the config names, part of the store key: it then changes when a tokenizer
+    file or an earlier index is replaced at the same path."""
+    extra = {}
+    for name in ("tokenizer_file", "append_to"):
+        path = getattr(cfg, name)
+        if path is not None:
+            path = Path(path).expanduser()
+            extra[name] = file_sha256(path) if path.is_file() else "missing"
+    return extra
+
+
+def _set_encode_threads(workers: int) -> None:
+    # rayon sizes the tokenizers pool from this variable once, at its first use in the process
+    if workers > 0:
+        os.environ["RAYON_NUM_THREADS"] = str(workers)
+
+
+def run_tokenize(upstream: list[StageResult], out_uri: str, cfg: TokenizeConfig,
+                 ctx: RunContext) -> StageOutput:
+    """Train or load the tokenizer, pack every input document into token shards, write the index."""
+    store = ctx.open_store()
+    out_dir = store.local_path(out_uri)
+    tokens_dir = out_dir / "tokens"
+    shutil.rmtree(tokens_dir, ignore_errors=True)  # leftovers of a killed attempt are never reused
+    tokens_dir.mkdir(parents=True)
+    _set_encode_threads(cfg.workers)
+    doc_uris = [uri for result in upstream for uri in result.files("docs")]
+    previous = load_previous(cfg.append_to, tokens_dir) if cfg.append_to else None
+
+    tok, tok_info = obtain_tokenizer(store, doc_uris, cfg, previous, out_dir / "tokenizer.json")
+    source = tok_info.get("tokenizer_source", "the trained tokenizer")
+    sha = file_sha256(out_dir / "tokenizer.json")
+    eot_id, pad_id = special_token_ids(tok, cfg, source)
+    if previous is not None:
+        check_previous(previous, sha=sha, tokenizer_source=source, eot_id=eot_id, cfg=cfg)
+    vocab_size = vocab_size_of(tok)
+    dtype = choose_dtype(vocab_size, cfg, source, previous)
+
+    account, start = Account(), time.perf_counter()
+    packer = pack_documents(store, doc_uris, tok, tokens_dir, cfg, dtype=dtype, eot_id=eot_id,
+                            account=account, first_index=previous.next_index if previous else None)
+    pack_seconds = time.perf_counter() - start
+    account.check("tokenize")
+
+    splits = {s: (previous.shards.get(s, []) if previous else []) + packer.shards[s] for s in SPLITS}
+    extra = {"documents": sum(e["docs"] for shards in splits.values() for e in shards), "pad_id": pad_id,
+             "eot_token": cfg.eot_token, "pad_token": cfg.pad_token, "val_fraction": cfg.val_fraction,
+             "appended_to": os.path.relpath(previous.index_path, tokens_dir) if previous else None}
+    index = write_index(tokens_dir / "index.json", dtype=dtype, vocab_size=vocab_size, eot_id=eot_id,
+                        tokenizer_sha256=sha, splits=splits, extra=extra)
+    stats = tokenize_stats(account, packer, tok_info=tok_info, index=index, pack_seconds=pack_seconds)
+    publish_stats_artifact(stats)
+    new_files = [f"tokens/{e['file']}" for s in SPLITS for e in packer.shards[s]]
+    outputs = {"tokenizer": "tokenizer.json", "index": "tokens/index.json", "tokens": new_files}
+    return StageOutput(outputs=outputs, stats=stats)
+
+
+run_tokenize.key_inputs = tokenize_key_extra
+tokenize_task = make_stage_task("tokenize", run_tokenize, retries=2)

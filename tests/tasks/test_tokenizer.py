@@ -1,0 +1,415 @@
+"""Tests for the tokenize stage: tokenizer round trip, packing, index, splits, incremental runs, loader."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+from tasks.core.docs import DocWriter
+from tasks.core.errors import ConfigError, UserError
+from tasks.core.result import StageResult
+from tasks.core.stage import RunContext, RunnerConfig, run_stage
+from tasks.core.store import Store
+from tasks.token_shards import TokenSplit, TokenWindows, dtype_for_vocab, read_index
+from tasks.tokenizer import (
+    TokenizeConfig,
+    cut_text,
+    cuts_between_words,
+    new_tokenizer,
+    publish_stats_artifact,
+    run_tokenize,
+    split_of,
+    stats_table,
+    tokenize_key_extra,
+    train_tokenizer,
+    training_texts,
+)
+
+VARIED = [
+    "plain ASCII, with punctuation!? (and [brackets]) {braces} 'quotes' \"double\"",
+    "Windows line endings\r\nsecond line\r\n\r\nnew paragraph\r\n",
+    "café naïve résumé — “curly quotes” ‘single’ … «guillemets»",
+    "東京は日本の首都です。漢字とひらがなとカタカナ",
+    "emoji 😀👍🏽 family 👨‍👩‍👧‍👦 flags 🇫🇷🇯🇵 keycap 1️⃣",
+    "combining e\u0301 a\u0308 o\u0302, zero\u200bwidth\u200d joiner, BOM \ufeff",
+    "RTL: שלום עולם مرحبا بالعالم",
+    "controls \x00 nul \x07 bell \t tab \x0b vtab \x0c ff \x1f unit \x7f del",
+    "literal specials <|endoftext|> and <|pad|> inside a document",
+    "   leading and trailing spaces   ",
+    "unicode spaces\u00a0nbsp\u2003em\u3000ideographic\u2028line\u2029para \u0085nel",
+    "math 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ∑∫√∞ and digits ١٢٣ ๑๒๓ 12345 3.14159",
+]
+WORD_LIST = (
+    "the of and to in that is was he for it with as his on be at by had not are but from or have an they "
+    "which one you were all her she there would their we him been has when who will more no if out so said "
+    "what up its about into than them can only other new some could time these two may then do first any my "
+    "now such like our over man me even most made after also did many before must through Öl straße élan "
+    "東京 😀 ✓"
+)
+WORDS = WORD_LIST.split()
+SEPARATORS = [" "] * 12 + ["  ", "\r\n ", "\n  ", "\r\n   ", " \t ", "\u3000 ", ",  ", "\n"]
+
+
+def make_docs(n: int, seed: int, prefix: str = "d") -> list[tuple[str, str]]:
+    """n (id, text) pairs; every text starts with its id, so texts are unique; a few are long."""
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        length = rng.choice([5, 40, 120, 400]) if i % 25 else 5000  # every 25th ~ 30 KB: cut into pieces
+        # mostly single spaces, sometimes whitespace runs that end in a space (no cut may split those)
+        body = "".join(rng.choice(WORDS) + rng.choice(SEPARATORS) for _ in range(length))
+        extra = rng.choice(VARIED) if i % 3 == 0 else ""
+        docs.append((f"{prefix}{i}", f"{prefix}{i}: {body}.\r\n{extra}"))
+    return docs
+
+
+def write_upstream(root: Path, name: str, docs: list[tuple[str, str]],
+                   max_bytes: int = 128 << 20) -> StageResult:
+    out = root / name
+    with DocWriter(Store(root), str(out), "part", max_bytes=max_bytes, batch_rows=64) as writer:
+        for doc_id, text in docs:
+            writer.write(doc_id, text, "test", {})
+    return StageResult(stage="collect", key=name, uri=str(out), outputs={"docs": writer.files}, digest=name)
+
+
+def context(root: Path) -> RunContext:
+    return RunContext(store=str(root / "store"), pipeline="test", run_id="t1", runner=RunnerConfig(workers=1))
+
+
+def tokenize(root: Path, upstream: StageResult, **cfg) -> StageResult:
+    cfg.setdefault("vocab_size", 400)
+    return run_stage("tokenize", run_tokenize, TokenizeConfig(**cfg), [upstream], context(root))
+
+
+def split_streams(index_path: str | Path) -> dict[str, np.ndarray]:
+    index = read_index(index_path)
+    return {s: TokenSplit(index_path, s).slice(0, e["tokens"]) if e["tokens"] else np.empty(0, np.int64)
+            for s, e in index["splits"].items()}
+
+
+def decoded_docs(result: StageResult) -> dict[str, list[str]]:
+    """The documents of each split, decoded from the shards (split at the end-of-text ids)."""
+    index_path = result.files("index")[0]
+    index = read_index(index_path)
+    tok = Tokenizer.from_file(result.files("tokenizer")[0])
+    out = {}
+    for split, stream in split_streams(index_path).items():
+        ends = np.flatnonzero(stream == index["eot_id"])
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        out[split] = [tok.decode(stream[a:b].tolist(), skip_special_tokens=False)
+                      for a, b in zip(starts, ends)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    docs = make_docs(300, seed=1)
+    return root, docs, write_upstream(root, "docs", docs, max_bytes=200_000)
+
+
+@pytest.fixture(scope="module")
+def packed(corpus):
+    root, _, upstream = corpus
+    return tokenize(root, upstream, val_fraction=0.2, shard_tokens=20_000)
+
+
+def test_round_trip_on_varied_unicode(packed):
+    tok = Tokenizer.from_file(packed.files("tokenizer")[0])
+    texts = VARIED + ["".join(VARIED), "x" * 20_000, "   ", ""]
+    for text in texts:
+        assert tok.decode(tok.encode(text).ids, skip_special_tokens=False) == text
+    tok.encode_special_tokens = True  # how the stage encodes: literal specials are plain text
+    ids = tok.encode(VARIED[8]).ids
+    assert tok.token_to_id("<|endoftext|>") not in ids
+    assert tok.decode(ids, skip_special_tokens=False) == VARIED[8]
+
+
+def test_shards_decode_to_the_input_documents_in_order(corpus, packed):
+    _, docs, _ = corpus
+    expected = {"train": [], "val": []}
+    for doc_id, text in docs:
+        expected[split_of(doc_id, 0.2)].append(text)
+    assert decoded_docs(packed) == expected
+    # and the ids are exactly those of encoding each whole document (long ones were encoded in pieces)
+    tok = Tokenizer.from_file(packed.files("tokenizer")[0])
+    tok.encode_special_tokens = True
+    eot = tok.token_to_id("<|endoftext|>")
+    streams = split_streams(packed.files("index")[0])
+    for split, texts in expected.items():
+        ids = [i for text in texts for i in [*tok.encode(text, add_special_tokens=False).ids, eot]]
+        np.testing.assert_array_equal(streams[split], ids)
+    assert packed.stats["docs_with_special_token_text"] == sum("<|endoftext|>" in t for _, t in docs) > 0
+    assert packed.stats["encoded_in_pieces"] is True
+
+
+def test_index_and_shards_are_consistent(tmp_path, corpus, packed):
+    index_path = Path(packed.files("index")[0])
+    index = read_index(index_path)
+    dtype = np.dtype(index["dtype"])
+    assert dtype == np.uint16 and index["vocab_size"] == 400
+    for split, entry in index["splits"].items():
+        assert entry["tokens"] == sum(s["tokens"] for s in entry["shards"])
+        assert entry["docs"] == sum(s["docs"] for s in entry["shards"])
+        assert entry["docs"] == packed.stats["docs_by_split"][split]
+        for k, shard in enumerate(entry["shards"]):
+            assert shard["file"] == f"{split}-{k:05d}.bin"
+            tokens = np.fromfile(index_path.parent / shard["file"], dtype=dtype)
+            assert tokens.size == shard["tokens"] and tokens[-1] == index["eot_id"]
+            eots = np.flatnonzero(tokens == index["eot_id"])
+            assert eots.size == shard["docs"]  # literal "<|endoftext|>" in text never became an eot id
+            if k < len(entry["shards"]) - 1:  # closed right after the document that reached the limit
+                last_doc_start = eots[-2] + 1 if eots.size > 1 else 0
+                assert tokens.size >= 20_000 > last_doc_start
+    assert len(index["splits"]["train"]["shards"]) > 2
+    assert index["documents"] == packed.stats["docs"] == packed.stats["docs_out"] == len(corpus[1])
+    on_disk = sorted(p.name for p in index_path.parent.iterdir())
+    listed = sorted([Path(f).name for f in packed.outputs["tokens"]] + ["index.json"])
+    assert on_disk == listed  # no temporary files left behind
+    stats = packed.stats
+    assert stats["tokens"] == sum(e["tokens"] for e in index["splits"].values())
+    assert stats["tokens_by_split"] == {s: e["tokens"] for s, e in index["splits"].items()}
+    assert stats["bytes"] == sum(len(t.encode()) for _, t in corpus[1])
+    text_tokens = stats["tokens"] - stats["docs"]  # one eot per document
+    assert stats["bytes_per_token"] == pytest.approx(stats["bytes"] / text_tokens, rel=1e-3)
+    assert stats["balanced"] and stats["tokenizer_origin"] == "trained" and stats["train_seconds"] > 0
+
+
+def test_output_is_deterministic_and_independent_of_batching(tmp_path, corpus, packed):
+    _, _, upstream = corpus
+    again = tokenize(tmp_path, upstream, val_fraction=0.2, shard_tokens=20_000, batch_docs=3,
+                     batch_bytes=5000)
+    for rel in ["tokenizer.json", *packed.outputs["tokens"]]:
+        assert Path(again.uri, rel).read_bytes() == Path(packed.uri, rel).read_bytes(), rel
+
+
+def test_cut_text_pieces_encode_to_the_same_ids():
+    rng = random.Random(7)
+    pool = list("ab  xyZ09.,!'-\n\r\t") + ["\u00a0", "\u3000", "é", "東", "😀", "\u2028", "'s", " 's", "  "]
+    tok = train_tokenizer(iter(VARIED * 3 + [" ".join(WORDS)] * 3), TokenizeConfig(vocab_size=320))
+    tok.encode_special_tokens = True
+    assert cuts_between_words(tok)
+    cut_somewhere = 0
+    for _ in range(300):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 200)))
+        pieces = cut_text(text, piece_chars=rng.randint(1, 12))
+        assert "".join(pieces) == text and (all(pieces) or pieces == [""])
+        cut_somewhere += len(pieces) > 1
+        whole = tok.encode(text, add_special_tokens=False).ids
+        assert [i for p in pieces for i in tok.encode(p, add_special_tokens=False).ids] == whole, repr(text)
+    assert cut_somewhere > 200
+
+
+def test_only_plain_byte_level_bpe_is_encoded_in_pieces():
+    assert cuts_between_words(new_tokenizer())
+    prefixed = new_tokenizer()
+    prefixed.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    normalized = new_tokenizer()
+    normalized.normalizer = normalizers.NFKC()
+    wordlevel = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    for tok in (prefixed, normalized, wordlevel):
+        assert not cuts_between_words(tok)
+
+
+def test_split_is_stable_when_the_corpus_grows(tmp_path, corpus, packed):
+    docs = corpus[1]
+    more = docs + make_docs(150, seed=2, prefix="new")
+    grown = tokenize(tmp_path, write_upstream(tmp_path, "grown", more), val_fraction=0.2, shard_tokens=20_000,
+                     tokenizer_file=packed.files("tokenizer")[0])
+    before, after = decoded_docs(packed), decoded_docs(grown)
+    for split in ("train", "val"):
+        assert set(before[split]) <= set(after[split])
+    assert 0.1 < len(after["val"]) / len(more) < 0.3  # val_fraction 0.2, by id hash
+
+
+def test_training_reads_the_train_split_only_and_respects_the_sample_cap(corpus):
+    root, docs, upstream = corpus
+    store, cfg, sample = Store(root), TokenizeConfig(val_fraction=0.2), {}
+    seen = "".join(training_texts(store, upstream.files("docs"), cfg, sample))
+    val_docs = [t for i, t in docs if split_of(i, 0.2) == "val"]
+    assert val_docs and not any(t in seen for t in val_docs)
+    assert sample["train_docs"] == len(docs) - len(val_docs) and sample["train_sample_fraction"] == 1.0
+    cap, total = 150_000, sum(len(t.encode()) for _, t in docs)
+    capped_cfg, capped = TokenizeConfig(val_fraction=0.2, max_train_bytes=cap), {}
+    used = list(training_texts(store, upstream.files("docs"), capped_cfg, capped))
+    assert 0.6 * cap < capped["train_bytes"] < cap + max(len(t.encode()) for _, t in docs)
+    assert capped["train_sample_fraction"] == pytest.approx(cap / (0.8 * total), rel=0.1)
+    assert sum(len(p.encode()) for p in used) == capped["train_bytes"]
+
+
+def test_append_tokenizes_only_new_docs_with_the_earlier_tokenizer(tmp_path, corpus, packed):
+    _, docs, _ = corpus
+    new_docs = make_docs(120, seed=3, prefix="m")
+    appended = tokenize(tmp_path, write_upstream(tmp_path, "new", new_docs), val_fraction=0.2,
+                        shard_tokens=20_000, vocab_size=999, append_to=packed.files("index")[0])
+    assert appended.stats["tokenizer_origin"] == "file" and appended.stats["docs"] == len(new_docs)
+    assert Path(appended.files("tokenizer")[0]).read_bytes() == \
+        Path(packed.files("tokenizer")[0]).read_bytes()
+    old, new = read_index(packed.files("index")[0]), read_index(appended.files("index")[0])
+    for split in ("train", "val"):
+        n_old = len(old["splits"][split]["shards"])
+        files = [s["file"] for s in new["splits"][split]["shards"]]
+        assert all(f.startswith("../../") for f in files[:n_old])
+        assert files[n_old:] == [f"{split}-{k:05d}.bin" for k in range(n_old, len(files))]
+    assert new["documents"] == len(docs) + len(new_docs)
+    # the same as tokenizing old + new documents in one run with that tokenizer
+    full = tokenize(tmp_path, write_upstream(tmp_path, "all", docs + new_docs), val_fraction=0.2,
+                    shard_tokens=20_000, tokenizer_file=packed.files("tokenizer")[0])
+    appended_streams = split_streams(appended.files("index")[0])
+    full_streams = split_streams(full.files("index")[0])
+    for split in ("train", "val"):
+        np.testing.assert_array_equal(appended_streams[split], full_streams[split])
+
+
+def test_append_refuses_another_tokenizer_or_split(tmp_path, corpus, packed):
+    other = train_tokenizer(iter(VARIED), TokenizeConfig(vocab_size=300))
+    other.save(str(tmp_path / "other.json"))
+    upstream = write_upstream(tmp_path, "new", make_docs(10, seed=4, prefix="m"))
+    index = packed.files("index")[0]
+    with pytest.raises(UserError, match="same tokenizer as the model"):
+        tokenize(tmp_path, upstream, val_fraction=0.2, append_to=index,
+                 tokenizer_file=str(tmp_path / "other.json"))
+    with pytest.raises(UserError, match="val_fraction"):
+        tokenize(tmp_path, upstream, val_fraction=0.1, append_to=index)
+    with pytest.raises(UserError, match="does not exist"):
+        tokenize(tmp_path, upstream, append_to=str(tmp_path / "nope" / "index.json"))
+
+
+def test_key_extra_follows_the_named_files(tmp_path, packed):
+    assert tokenize_key_extra(TokenizeConfig()) == {}
+    path = tmp_path / "tok.json"
+    path.write_bytes(Path(packed.files("tokenizer")[0]).read_bytes())
+    cfg = TokenizeConfig(tokenizer_file=str(path), append_to=packed.files("index")[0])
+    before = tokenize_key_extra(cfg)
+    path.write_text(path.read_text().replace('"<|pad|>"', '"<|padding|>"'))
+    after = tokenize_key_extra(cfg)
+    assert before["append_to"] == after["append_to"] and before["tokenizer_file"] != after["tokenizer_file"]
+
+
+def big_vocab_tokenizer(path: Path, size: int = 70_000) -> Path:
+    """A byte-level BPE whose vocabulary needs uint32 ids, with an eot token and no pad token."""
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab.update({f"tok{i}": 256 + i for i in range(size - 257)})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.add_special_tokens(["<|endoftext|>"])
+    tok.save(str(path))
+    return path
+
+
+def test_dtype_follows_the_vocabulary(tmp_path):
+    assert dtype_for_vocab(4096) == np.uint16 and dtype_for_vocab(1 << 16) == np.uint16
+    assert dtype_for_vocab((1 << 16) + 1) == np.uint32
+    big = big_vocab_tokenizer(tmp_path / "big.json")
+    upstream = write_upstream(tmp_path, "docs", make_docs(20, seed=5))
+    result = tokenize(tmp_path, upstream, tokenizer_file=str(big))
+    assert result.stats["dtype"] == "uint32" and result.stats["vocab_size"] == 70_000
+    assert result.stats["pad_id"] == result.stats["eot_id"] == 69_999  # no pad token: padding uses eot
+    shard = Path(result.uri, result.outputs["tokens"][0])
+    first_shard = read_index(result.files("index")[0])["splits"]["train"]["shards"][0]
+    assert shard.stat().st_size == 4 * first_shard["tokens"]
+    with pytest.raises(ConfigError, match="uint32 or auto"):
+        tokenize(tmp_path, upstream, tokenizer_file=str(big), dtype="uint16")
+    with pytest.raises(ValidationError, match="does not fit dtype uint16"):
+        TokenizeConfig(vocab_size=70_000, dtype="uint16")
+
+
+def test_bad_inputs_give_clear_errors_and_empty_docs_are_counted(tmp_path):
+    docs = make_docs(30, seed=6) + [("e1", ""), ("e2", "  \r\n\t "), ("e3", "")]
+    upstream = write_upstream(tmp_path, "docs", docs)
+    result = tokenize(tmp_path, upstream)
+    assert result.stats["dropped"] == {"empty": 3} and result.stats["docs"] == 30 and result.stats["balanced"]
+    (tmp_path / "broken.json").write_text('{"version": "1.0", "model": ')
+    with pytest.raises(UserError, match=r"broken\.json is not a tokenizer\.json"):
+        tokenize(tmp_path, upstream, tokenizer_file=str(tmp_path / "broken.json"))
+    with pytest.raises(UserError, match="does not exist"):
+        tokenize(tmp_path, upstream, tokenizer_file=str(tmp_path / "missing.json"))
+    with pytest.raises(UserError, match="has no token '<\\|eos\\|>'"):
+        tokenize(tmp_path, upstream, tokenizer_file=result.files("tokenizer")[0], eot_token="<|eos|>")
+    with pytest.raises(UserError, match="no non-empty training documents"):
+        tokenize(tmp_path, write_upstream(tmp_path, "empty", [("a", ""), ("b", " ")]))
+    with pytest.raises(ValidationError):
+        TokenizeConfig(vocab_size=100)
+
+
+def test_loader_windows_and_resume(packed):
+    pytest.importorskip("torch")
+    index_path = packed.files("index")[0]
+    stream = split_streams(index_path)["train"].astype(np.int64)
+    loader = TokenWindows(index_path, "train", seq_len=16, batch_size=4, n_future=2, seed=3)
+    x, y = loader.next_batch()
+    assert tuple(x.shape) == (4, 16) and tuple(y.shape) == (4, 17)
+    assert (y[:, :15] == x[:, 1:]).all()
+    windows = np.lib.stride_tricks.sliding_window_view(stream, 18)
+    for row in np.concatenate([x[:, :1].numpy(), y.numpy()], axis=1):
+        assert (windows == row).all(axis=1).any()  # a real window of the packed stream
+    for _ in range(2):
+        loader.next_batch()
+    state = json.loads(json.dumps(loader.state_dict()))  # checkpoints may hold it as JSON
+    expected = [loader.next_batch() for _ in range(3)]
+    resumed = TokenWindows(index_path, "train", seq_len=16, batch_size=4, n_future=2, seed=3)
+    resumed.load_state_dict(state)
+    for (ex, ey), (rx, ry) in zip(expected, [resumed.next_batch() for _ in range(3)]):
+        assert (ex == rx).all() and (ey == ry).all()
+
+
+def test_loader_sequential_pass_and_ranks(packed):
+    pytest.importorskip("torch")
+    index_path = packed.files("index")[0]
+    stream = split_streams(index_path)["val"].astype(np.int64)
+    seq = TokenWindows(index_path, "val", seq_len=32, batch_size=8, mode="sequential")
+    batches = list(seq)
+    xs = np.concatenate([b[0].numpy() for b in batches])
+    assert xs.shape == (seq.num_windows, 32) and seq.num_windows == (stream.size - 1) // 32
+    np.testing.assert_array_equal(xs.reshape(-1), stream[:xs.size])
+    part = TokenWindows(index_path, "val", seq_len=32, batch_size=8, mode="sequential")
+    part.next_batch()
+    resumed = TokenWindows(index_path, "val", seq_len=32, batch_size=8, mode="sequential")
+    resumed.load_state_dict(part.state_dict())
+    assert (resumed.next_batch()[0] == batches[1][0]).all()
+    whole = TokenWindows(index_path, "train", seq_len=16, batch_size=6, seed=9).next_batch()[0]
+    ranks = [TokenWindows(index_path, "train", seq_len=16, batch_size=3, seed=9, rank=r,
+                          world_size=2).next_batch()[0] for r in (0, 1)]
+    assert (np.concatenate([r.numpy() for r in ranks]) == whole.numpy()).all()
+
+
+def test_transformers_loads_the_tokenizer(packed):
+    transformers = pytest.importorskip("transformers")
+    path = packed.files("tokenizer")[0]
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=path, eos_token="<|endoftext|>",
+                                                pad_token="<|pad|>")
+    tok = Tokenizer.from_file(path)
+    for text in VARIED:
+        ids = fast(text, add_special_tokens=False)["input_ids"]
+        assert ids == tok.encode(text, add_special_tokens=False).ids
+        assert fast.decode(ids) == text
+    assert fast.eos_token_id == 0 and fast.pad_token_id == 1
+
+
+def test_artifact_table_and_no_op_outside_a_prefect_run(packed):
+    table = stats_table(packed.stats)
+    assert {"metric": "tokens_by_split.train", "value": str(packed.stats["tokens_by_split"]["train"])} in table
+    assert {"metric": "bytes_per_token", "value": str(packed.stats["bytes_per_token"])} in table
+    assert publish_stats_artifact(packed.stats) is False
+
+
+def test_artifact_is_created_inside_a_flow(prefect_server):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    @flow
+    def report() -> bool:
+        return publish_stats_artifact({"docs": 3, "tokens_by_split": {"train": 10, "val": 2}})
+
+    assert report() is True
+    with get_client(sync_client=True) as client:
+        key = ArtifactFilterKey(any_=["tokenize-stats"])
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=key))
+    table = json.loads(found[0].data) if isinstance(found[0].data, str) else found[0].data
+    assert {"metric": "tokens_by_split.val", "value": "2"} in table
