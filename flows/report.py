@@ -34,10 +34,15 @@ def stage_artifact(stage: str, result: StageResult) -> None:
     if isinstance(stats.get("sources"), dict):
         table = [{"source": name, **counts} for name, counts in stats["sources"].items()]
         create_table_artifact(table=table, key=f"{stage}-sources", description=f"{stage}: counts per source")
-    if isinstance(stats.get("entities"), dict):
-        table = [{"entity": k, "count": v} for k, v in sorted(stats["entities"].items())]
-        create_table_artifact(table=table, key=f"{stage}-entities",
-                              description=f"{stage}: detected entities (counts only, never values)")
+    if stage == "pii":
+        from prefect.artifacts import create_markdown_artifact
+
+        from tasks.pii import pii_entity_rows, pii_report_markdown
+
+        create_table_artifact(table=pii_entity_rows(stats), key="pii-entities",
+                              description="pii: detected entities (counts only, never values)")
+        create_markdown_artifact(markdown=pii_report_markdown(stats), key="pii-report",
+                                 description="pii: NER status, account and entity counts")
 
 
 def summary_artifact(summary: dict[str, Any]) -> None:
