@@ -10,7 +10,7 @@ import pytest
 from datasketch import MinHash
 from pydantic import ValidationError
 
-from tasks import dedup
+from tasks import dedup, minhash
 from tasks.core.config import stable_hash
 from tasks.core.docs import SCHEMA, DocWriter, read_all
 from tasks.core.errors import UserError
@@ -142,7 +142,7 @@ def test_vectorized_words_follow_the_readable_definition():
                                                       "\u3001", "ﬁ", "²", "İ", "\U0001F600"]
     texts = ["".join(rng.choice(alphabet, size=rng.integers(0, 80))) for _ in range(300)]
     texts += ["Hello, World!", "", "   ", "naïve café—“quoted”… done"]
-    hashes, counts = dedup._batch_words(texts)
+    hashes, counts = minhash._batch_words(texts)
     assert counts.tolist() == [len(normalize_words(t)) for t in texts]
     # equal words get equal hashes, different words different ones, wherever they occur in the batch
     words = [w for t in texts for w in normalize_words(t)]
@@ -155,9 +155,9 @@ def test_vectorized_words_follow_the_readable_definition():
 def test_large_documents_are_tokenized_in_windows(monkeypatch):
     rng = random.Random(1)
     text = " ".join(rng.choice(VOCAB) for _ in range(3000))
-    whole, counts = dedup._batch_words([text, "tail words here"])
-    monkeypatch.setattr(dedup, "_WINDOW", 1000)  # forces ~20 windows, cut at separators
-    windowed, windowed_counts = dedup._batch_words([text, "tail words here"])
+    whole, counts = minhash._batch_words([text, "tail words here"])
+    monkeypatch.setattr(minhash, "_WINDOW", 1000)  # forces ~20 windows, cut at separators
+    windowed, windowed_counts = minhash._batch_words([text, "tail words here"])
     assert np.array_equal(whole, windowed) and counts.tolist() == windowed_counts.tolist() == [3000, 3]
 
 
