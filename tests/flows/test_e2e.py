@@ -162,3 +162,14 @@ def test_sigkill_mid_collect_then_rerun_equals_uninterrupted(tmp_path, stalling_
     docs_b = read_all(Store(clean_store), [f"{clean['uri']}/{f}" for f in clean["outputs"]["docs"]])
     assert docs_a == docs_b and len(docs_a) == 250
     assert resumed["stats"]["docs_out"] == clean["stats"]["docs_out"] == 250
+
+
+def test_changed_config_reruns_that_stage_and_later_only(tmp_path):
+    common = ["--set", f"store={tmp_path / 'store'}", "--set", "collect.max_docs=60", "--until", "dedup"]
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    assert run_cli("run", "demo", *common, "--summary", str(first)) == 0
+    assert run_cli("run", "demo", *common, "--set", "clean.word_count.min_words=30", "--summary", str(second)) == 0
+    a, b = json.loads(first.read_text())["stages"], json.loads(second.read_text())["stages"]
+    assert [a[s]["status"] for s in ("collect", "clean", "dedup")] == ["completed"] * 3
+    assert [b[s]["status"] for s in ("collect", "clean", "dedup")] == ["cached", "completed", "completed"]
+    assert b["clean"]["uri"] != a["clean"]["uri"] and b["collect"]["uri"] == a["collect"]["uri"]
