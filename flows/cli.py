@@ -175,10 +175,13 @@ class ProgressPrinter:
             dropped = sum((stats.get("dropped") or {}).values())
             counts = (f"docs {stats['docs_in']} -> {stats.get('docs_out', 0)} (rows {stats.get('rows_out', 0)}, "
                       f"dropped {dropped}, quarantined {stats.get('quarantined', 0)})")
+        extra = []
         if "tokens" in stats:
-            counts += f"; tokens {stats['tokens']:,}"
-        if "val_loss" in stats:
-            counts += f"; val loss {stats['val_loss']:.3f}"
+            extra.append(f"tokens {stats['tokens']:,}")
+        if stats.get("val_loss") is not None:
+            extra.append(f"val loss {stats['val_loss']:.3f} nats (unigram entropy "
+                         f"{stats.get('val_unigram_entropy_nats') or float('nan'):.3f})")
+        counts = "; ".join([c for c in [counts] + extra if c])
         err = f"  {info.get('error', '')}" if info["status"] == "failed" else ""
         print(f"  {stage:<9} {info['status']:<15} {info.get('seconds', 0):7.1f}s  {counts}{err}", flush=True)
 

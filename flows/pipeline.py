@@ -63,7 +63,7 @@ def _run_stages(cfg: Any, ctx: RunContext, until: str | None, summary: dict, pro
         summary["stages"][spec.name] = entry
         if not spec.built:
             progress("stage", {"stage": spec.name, **entry})
-            logger.warning("stage %s is not implemented yet; stopping here", spec.name)
+            logger.info("stage %s is not implemented yet; stopping here", spec.name)
             _mark_rest(summary, spec.name, until)
             summary["status"] = "partial"
             return

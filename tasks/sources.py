@@ -265,6 +265,11 @@ def read_hub(name: str, config: str | None, split: str, text_field: str,
         raise UserError(_hub_help(name, "the Hugging Face hub is not reachable from this machine"))
     import datasets
 
+    if offline:  # honour the variable even when datasets was imported before it was set
+        import huggingface_hub.constants
+
+        datasets.config.HF_HUB_OFFLINE = True
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
     try:
         ds = datasets.load_dataset(name, config, split=split, streaming=not offline, revision=revision)
     except Exception as exc:  # datasets raises many types; all mean the same thing to the user

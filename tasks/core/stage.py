@@ -1,6 +1,7 @@
 """The stage contract: plan (key + output dir), execute (skip if complete, else run and write the manifest)."""
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -86,13 +87,15 @@ def plan_stage(stage: str, fn: StageFn, cfg: StageConfig, upstream: list[StageRe
     """Decide where a stage writes: hash of its config, upstream digests and code version.
 
     A stage whose inputs are not all upstream results (collect reads files) sets `fn.key_inputs =
-    f(cfg, ctx) -> dict`, which goes into the key too.
+    f(cfg, ctx) -> dict`, which goes into the key too; `fn.code_deps` names further modules whose source
+    counts as the stage's code (pretrain: the model and the training loop).
     """
     store = ctx.open_store()
     key_inputs = getattr(fn, "key_inputs", None)
     extra_key = key_inputs(cfg, ctx) if key_inputs else None
     inputs = [r.digest for r in upstream]
-    code = code_version(fn)
+    deps = [importlib.util.find_spec(m).origin for m in getattr(fn, "code_deps", ())]  # no import: no torch
+    code = code_version(fn, *deps)
     key_cfg = cfg.key_dict() | ({"_extra": extra_key} if extra_key else {})
     key = stage_key(stage, key_cfg, inputs, code)
     uri = store.stage_dir(stage, key)

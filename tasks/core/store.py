@@ -146,10 +146,11 @@ def _flatten(outputs: dict[str, Any]) -> list[str]:
 
 
 def code_version(*objects: Any) -> str:
-    """Hash of the source files defining `objects` (modules, classes, functions) plus CODE_VERSION."""
+    """Hash of the source files defining `objects` (modules, classes, functions, or file paths) plus
+    CODE_VERSION."""
     h = hashlib.sha256(CODE_VERSION.encode())
     for obj in objects:
-        src = inspect.getsourcefile(obj)
+        src = obj if isinstance(obj, str) else inspect.getsourcefile(obj)
         if src:
             h.update(Path(src).read_bytes())
     return h.hexdigest()[:16]

@@ -403,13 +403,19 @@ def test_artifact_is_created_inside_a_flow(prefect_server):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    @flow
-    def report() -> bool:
-        return publish_stats_artifact({"docs": 3, "tokens_by_split": {"train": 10, "val": 2}})
+    from prefect.client.schemas.filters import ArtifactFilterFlowRunId
+    from prefect.context import get_run_context
 
-    assert report() is True
+    @flow
+    def report() -> tuple[bool, str]:
+        published = publish_stats_artifact({"docs": 3, "tokens_by_split": {"train": 10, "val": 2}})
+        return published, str(get_run_context().flow_run.id)
+
+    published, run_id = report()
+    assert published is True
     with get_client(sync_client=True) as client:
         key = ArtifactFilterKey(any_=["tokenize-stats"])
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=key))
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=key, flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
     table = json.loads(found[0].data) if isinstance(found[0].data, str) else found[0].data
     assert {"metric": "tokens_by_split.val", "value": "2"} in table

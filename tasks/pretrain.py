@@ -1,0 +1,316 @@
+"""Pretrain stage: a GPT (next-token or multi-token prediction) on the tokenize stage's packed shards.
+
+One process trains in-process; more start `accelerate launch -m tasks.pretrain --config run.json`
+(this module is that entry point) with a config from infra/accelerate/ and stream its logs. A rerun
+with the same out_uri resumes from the last checkpoint inside it.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import model_validator
+
+from models.config import GPTConfig, pad_vocab
+from tasks.core.config import StageConfig
+from tasks.core.errors import ConfigError, UserError
+from tasks.core.result import StageResult
+from tasks.core.stage import RunContext, StageOutput
+from tasks.token_shards import read_index
+
+log = logging.getLogger("llmpipe.pretrain")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE_CONFIGS = REPO_ROOT / "infra" / "accelerate"
+LAUNCH_ERROR = "launch-error.json"
+
+
+class PretrainConfig(StageConfig):
+    """The `pretrain:` section of pipelines.yaml. Defaults train the demo's tiny model on a CPU."""
+
+    # model (see models/gpt.py GPTConfig)
+    n_layer: int = 4  # blocks on each head's path: n_layer - 1 shared + 1 per head
+    n_embd: int = 128
+    n_head: int = 4
+    n_kv_head: int = 0  # 0 = n_head; fewer = grouped-query attention
+    block_size: int = 128  # context length = training sequence length
+    vocab_size: int = 0  # 0 = the tokenizer's vocabulary padded up to vocab_multiple
+    vocab_multiple: int = 64
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    n_future: int = 1  # output heads (multi-token prediction); 1 = plain next-token prediction
+    memory_saving_heads: bool = True  # run the heads' forward+backward one at a time
+    # optimization
+    micro_batch: int = 16  # sequences per process per forward pass
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    max_steps: int = 250  # budget: optimizer steps (0 = none) ...
+    max_tokens: int = 0  # ... and/or training tokens (0 = none); whichever ends first
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    compile: bool = False
+    attention: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"  # attention kernel tried first
+    cpu: bool = False  # train on CPU even when a GPU is present
+    # CPU threads (0 = one per core). Small models on a CPU shared with other work: 1 is steadier, since
+    # every parallel op waits for its slowest thread, and a thread sharing its core waits long
+    cpu_threads: int = 0
+    seed: int = 0
+    # evaluation, checkpoints, logs
+    eval_every: int = 125  # 0 = only at the end
+    eval_batches: int = 20  # per process; 0 = the whole val split
+    checkpoint_every: int = 125
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    # processes
+    num_processes: int = 1  # > 1 starts `accelerate launch` (one process per GPU; gloo on CPUs)
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+
+    key_exclude = frozenset({"log_every"})
+
+    @model_validator(mode="after")
+    def _check_model(self) -> PretrainConfig:
+        # the model config checks head/width compatibility (a ValueError); vocab comes from the data later
+        GPTConfig.from_dict(model_fields(self, vocab_size=max(self.vocab_size, 1)))
+        if self.micro_batch < 1 or self.grad_accum < 1 or self.num_processes < 1:
+            raise ValueError("micro_batch, grad_accum and num_processes must be >= 1")
+        if self.max_steps <= 0 and self.max_tokens <= 0:
+            raise ValueError("set max_steps or max_tokens above 0: training needs a budget")
+        return self
+
+
+def model_fields(cfg: PretrainConfig, vocab_size: int) -> dict[str, Any]:
+    return {"vocab_size": vocab_size, "block_size": cfg.block_size, "n_layer": cfg.n_layer,
+            "n_head": cfg.n_head, "n_kv_head": cfg.n_kv_head, "n_embd": cfg.n_embd, "mlp": cfg.mlp,
+            "dropout": cfg.dropout, "tie_embeddings": cfg.tie_embeddings, "n_future": cfg.n_future}
+
+
+def build_train_config(cfg: PretrainConfig, index_path: Path, tokenizer_path: Path | None, out_dir: Path,
+                       lineage: dict[str, Any]):
+    """The loop's plain config, with the vocabulary resolved from the token index."""
+    from tasks.pretrain_loop import TrainConfig  # torch: imported when a run starts, not with the flow
+
+    index = read_index(index_path)
+    vocab = cfg.vocab_size or pad_vocab(index["vocab_size"], cfg.vocab_multiple)
+    if vocab < index["vocab_size"]:
+        raise ConfigError(f"pretrain.vocab_size {vocab} is smaller than the tokenizer's "
+                          f"{index['vocab_size']} ids ({index_path}); set it to 0 to take the "
+                          "tokenizer's size")
+    # the optimization, evaluation and checkpoint fields have the same names in both configs
+    loop_keys = {f.name for f in fields(TrainConfig)} & set(PretrainConfig.model_fields)
+    return TrainConfig(index=str(index_path), out_dir=str(out_dir),
+                       tokenizer=str(tokenizer_path) if tokenizer_path else "",
+                       model=model_fields(cfg, vocab), lineage=lineage,
+                       **{k: getattr(cfg, k) for k in loop_keys})
+
+
+def run_pretrain(upstream: list[StageResult], out_uri: str, cfg: PretrainConfig,
+                 ctx: RunContext) -> StageOutput:
+    """Train on upstream[0]'s token index; resumes from out_uri/checkpoints when a run was cut short."""
+    if not upstream or "index" not in upstream[0].outputs:
+        raise UserError("pretrain needs the tokenize stage's output (a token index) as its input")
+    store = ctx.open_store()
+    tokens = upstream[0]
+    index_path = store.local_path(tokens.files("index")[0])
+    tokenizer_path = store.local_path(tokens.files("tokenizer")[0]) if "tokenizer" in tokens.outputs else None
+    out_dir = store.local_path(out_uri)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lineage = {"token_index": str(index_path), "token_index_sha256": store.file_digest(str(index_path)),
+               "tokenizer_sha256": read_index(index_path).get("tokenizer_sha256"),
+               "upstream": {"stage": tokens.stage, "key": tokens.key, "digest": tokens.digest},
+               "stage_config": cfg.canonical(), "pipeline": ctx.pipeline, "run_id": ctx.run_id}
+    train_cfg = build_train_config(cfg, index_path, tokenizer_path, out_dir, lineage)
+    run_json = out_dir / "run.json"
+    run_json.write_text(json.dumps({"train": asdict(train_cfg)}, indent=2))
+    emit = _emitter()
+    if cfg.num_processes > 1:
+        summary = launch(run_json, cfg.num_processes, cfg.distributed, emit)
+    else:
+        from tasks.pretrain_loop import train
+
+        summary = train(train_cfg, emit=emit)
+    png = write_loss_curve(out_dir)
+    publish_artifact(summary, png)
+    outputs = {"model": "model/model.safetensors", "model_config": "model/config.json",
+               "model_metrics": "model/metrics.json", "lineage": "model/lineage.json",
+               "metrics": "metrics.jsonl", "run_config": "run.json"}
+    if tokenizer_path:
+        outputs["tokenizer"] = "model/tokenizer.json"
+    if png:
+        outputs["loss_curve"] = "loss.png"
+    stats_keys = ("steps", "tokens", "train_loss", "val_loss", "tokens_per_s", "mfu", "seconds", "params",
+                  "processes", "device", "precision", "resumed_from_step", "loss_units",
+                  "val_unigram_entropy_nats", "val_unigram_entropy_bits", "val_below_unigram")
+    return StageOutput(outputs=outputs, stats={k: summary.get(k) for k in stats_keys if k in summary})
+
+
+# modules whose source decides what training computes, beyond this file (for the stage's code version;
+# names, not imports, so planning a flow does not import torch)
+run_pretrain.code_deps = ("models.config", "models.gpt", "models.mtp", "tasks.pretrain_loop",
+                          "tasks.token_shards")
+
+
+# several processes ---------------------------------------------------------------------------------
+def launch_command(run_json: Path, num_processes: int, distributed: str) -> list[str]:
+    """`accelerate launch` with the repo's config for the strategy; gloo on machines without GPUs."""
+    with socket.socket() as s:  # a free rendezvous port: two runs on one machine must not collide
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+           "--main_process_port", str(port)]
+    config = ACCELERATE_CONFIGS / f"{distributed}.yaml"
+    cmd += ["--config_file", str(config)] if config.exists() else ["--multi_gpu"]
+    return cmd + ["-m", "tasks.pretrain", "--config", str(run_json)]
+
+
+def launch(run_json: Path, num_processes: int, distributed: str,
+           emit: Callable[[str], None]) -> dict[str, Any]:
+    """Run the training processes, streaming their output line by line; returns the run summary."""
+    out_dir = run_json.parent
+    (out_dir / LAUNCH_ERROR).unlink(missing_ok=True)
+    cmd = launch_command(run_json, num_processes, distributed)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    emit("launching: " + " ".join(cmd))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            bufsize=1)
+    try:
+        for line in proc.stdout:
+            emit(line.rstrip())
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:  # we are being cancelled: let the workers checkpoint on SIGTERM
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    if code != 0:
+        error = out_dir / LAUNCH_ERROR
+        if error.exists():
+            raise UserError(json.loads(error.read_text())["message"])
+        raise RuntimeError(f"training processes exited with status {code}; their log is above")
+    return json.loads((out_dir / "model" / "metrics.json").read_text())
+
+
+# reporting -------------------------------------------------------------------------------------------
+def _emitter() -> Callable[[str], None]:
+    """Prefect's run logger inside a flow run, else this module's logger."""
+    if "prefect" in sys.modules:
+        try:
+            from prefect import get_run_logger
+
+            run_logger = get_run_logger()
+            return run_logger.info
+        except Exception:  # not inside a run
+            pass
+    return log.info
+
+
+def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
+    path = out_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_loss_curve(out_dir: Path) -> Path | None:
+    """loss.png: training and validation loss against tokens, with the val data's unigram entropy."""
+    records = read_metrics(out_dir)
+    train = [r for r in records if "loss" in r]
+    if not train:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    val = [r for r in records if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], label="train loss (next token)")
+    if val:
+        per_step = train[-1]["tokens"] / train[-1]["step"]
+        ax.plot([r["step"] * per_step for r in val], [r["val_loss"] for r in val], "o-", label="val loss")
+    summary_path = out_dir / "model" / "metrics.json"
+    if summary_path.exists():
+        entropy = json.loads(summary_path.read_text()).get("val_unigram_entropy_nats")
+        if entropy:
+            ax.axhline(entropy, color="grey", linestyle="--", label="val unigram entropy")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png = out_dir / "loss.png"
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def publish_artifact(summary: dict[str, Any], png: Path | None) -> None:
+    """A markdown artifact (summary table + loss curve) when running inside a Prefect flow."""
+    if "prefect" not in sys.modules:
+        return
+    try:
+        from prefect.artifacts import create_markdown_artifact
+        from prefect.context import get_run_context
+
+        get_run_context()
+    except Exception:  # not in a run
+        return
+    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, (list, dict)))
+    image = ""
+    if png:
+        image = f"\n\n![loss curve](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})"
+    create_markdown_artifact(key="pretrain-loss-curve", description="pretraining loss curve",
+                             markdown=f"## Pretraining\n\n| stat | value |\n|---|---|\n{rows}{image}")
+
+
+# `accelerate launch -m tasks.pretrain --config run.json` ----------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.pretrain",
+                                     description="Train (or resume) one pretraining run from its run.json.")
+    parser.add_argument("--config", required=True, help="run.json written by the pretrain stage")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    from tasks.pretrain_loop import TrainConfig, train
+
+    run_json = Path(args.config)
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        cfg = TrainConfig.from_dict(json.loads(run_json.read_text())["train"])
+        train(cfg)
+    except UserError as exc:
+        error = run_json.parent / LAUNCH_ERROR
+        tmp = error.with_name(f".{LAUNCH_ERROR}.{rank}")
+        tmp.write_text(json.dumps({"type": type(exc).__name__, "message": str(exc)}))
+        os.replace(tmp, error)
+        log.error("%s: %s", type(exc).__name__, exc)
+        return 2
+    if rank == 0:
+        write_loss_curve(Path(cfg.out_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+else:  # the launched training processes skip Prefect's import (seconds per process)
+    from tasks.core.orchestration import make_stage_task, retry_unless_user_error
+
+    pretrain_task = make_stage_task("pretrain", run_pretrain, retries=2,
+                                    retry_condition=retry_unless_user_error)

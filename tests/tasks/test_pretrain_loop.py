@@ -1,0 +1,197 @@
+"""The training loop: schedule, budget, learning, checkpoints, kill-and-resume, divergence, OOM."""
+import json
+import math
+import os
+import signal
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tasks.core.errors import UserError
+from tasks.pretrain_loop import (
+    NonFiniteLoss,
+    OutOfMemory,
+    TrainConfig,
+    Trainer,
+    TrainingInterrupted,
+    load_pretrained,
+    lr_at,
+    phrase_tokens,
+    total_steps_for,
+    train,
+    unigram_entropy,
+    write_token_index,
+)
+from tasks.token_shards import TokenWindows
+
+VOCAB = 256
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is as fast, deterministic, and immune to a busy second core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tokens")
+    tokens = phrase_tokens(66_000, VOCAB, n_phrases=32, phrase_len=8, seed=1)
+    return str(write_token_index(out, tokens[:60_000], tokens[60_000:], VOCAB))
+
+
+def config(index, out_dir, **kw) -> TrainConfig:
+    model = dict(vocab_size=VOCAB, block_size=32, n_layer=2, n_head=2, n_embd=32, n_future=2, dropout=0.1)
+    base = dict(index=index, out_dir=str(out_dir), model=model, micro_batch=4, max_steps=10, lr=3e-3,
+                warmup_steps=2, eval_every=5, eval_batches=2, checkpoint_every=3, log_every=2, progress=False)
+    return TrainConfig(**(base | kw))
+
+
+def weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10, model={"block_size": 8})
+    assert lr_at(0, cfg, 100) == pytest.approx(0.1)
+    assert lr_at(9, cfg, 100) == pytest.approx(1.0)
+    assert lr_at(55, cfg, 100) == pytest.approx(0.55)
+    assert lr_at(100, cfg, 100) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg, 100) >= lr_at(s + 1, cfg, 100) for s in range(10, 100))
+
+
+def test_budget_in_steps_or_tokens():
+    cfg = TrainConfig(micro_batch=4, grad_accum=2, model={"block_size": 16})  # 128 tokens per step
+    assert total_steps_for(replace(cfg, max_tokens=1000), world_size=1) == 8
+    assert total_steps_for(replace(cfg, max_tokens=1000, max_steps=5), world_size=1) == 5
+    assert total_steps_for(replace(cfg, max_tokens=1000), world_size=2) == 4
+    with pytest.raises(UserError, match="budget"):
+        total_steps_for(cfg, 1)
+
+
+def test_each_head_reads_the_tokens_k_plus_1_ahead(tmp_path):
+    """The loader's y and the model's slicing (tests/models) together: head k's target at position t is
+    token t + 1 + k."""
+    idx = write_token_index(tmp_path, np.arange(5000) % 60_000, np.arange(500), vocab_size=60_000)
+    windows = TokenWindows(idx, "train", seq_len=16, batch_size=4, n_future=3, seed=1)
+    x, y = windows.next_batch()
+    for k in range(3):
+        assert torch.equal(y[:, k:k + 16], x + 1 + k)
+
+
+def test_unigram_entropy(tmp_path):
+    tokens = np.tile(np.arange(4), 1000)
+    idx = write_token_index(tmp_path, tokens, tokens, vocab_size=10)
+    assert unigram_entropy(idx, "val") == pytest.approx(math.log(4))
+
+
+def test_loss_falls_below_the_unigram_entropy(index, tmp_path):
+    cfg = config(index, tmp_path, max_steps=120, eval_every=0, checkpoint_every=0, log_every=20,
+                 model=dict(vocab_size=VOCAB, block_size=32, n_layer=2, n_head=2, n_embd=64))
+    summary = train(cfg)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < losses[0] - 2
+    assert summary["val_loss"] < summary["val_unigram_entropy_nats"] - 1.0
+    assert summary["val_below_unigram"] is True and summary["steps"] == 120
+    assert summary["tokens"] == 120 * 4 * 32 and summary["tokens_per_s"] > 0
+    model = load_pretrained(tmp_path / "model")
+    x = torch.as_tensor(phrase_tokens(32, VOCAB, n_phrases=32, phrase_len=8, seed=1)[None].astype(np.int64))
+    assert model(x)[0].shape == (1, 32, VOCAB)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(index, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    summary = train(config(index, out))
+    return out, summary
+
+
+def test_run_directory_layout(uninterrupted):
+    out, summary = uninterrupted
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["latest", "step-000009", "step-000010"]  # keep_checkpoints=2, no temp dirs left
+    assert (out / "checkpoints" / "latest").read_text() == "step-000010"
+    assert set(os.listdir(out / "checkpoints" / "step-000010")) == {
+        "model.safetensors", "optimizer.pt", "state.json", "rng-0.safetensors"}
+    assert set(os.listdir(out / "model")) == {"model.safetensors", "config.json", "metrics.json",
+                                              "lineage.json"}
+    assert json.loads((out / "model" / "metrics.json").read_text())["steps"] == 10
+    assert len(summary["val_loss_heads"]) == 2
+
+
+def test_killed_run_resumes_to_the_same_weights(index, tmp_path, uninterrupted):
+    reference, _ = uninterrupted
+
+    def crash(trainer):
+        if trainer.step == 5:  # after the step-3 checkpoint: steps 4 and 5 are lost and redone
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config(index, tmp_path), on_step=crash)
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step-000003"
+    summary = train(config(index, tmp_path))
+    assert summary["resumed_from_step"] == 3
+    ref, got = weights(reference), weights(tmp_path)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)  # bitwise
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps.count(4) == 1  # the lost steps' records were replaced
+
+
+def test_sigterm_writes_a_checkpoint_and_resumes_bitwise(index, tmp_path, uninterrupted):
+    reference, _ = uninterrupted
+
+    def terminate(trainer):
+        if trainer.step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted, match="SIGTERM"):
+        train(config(index, tmp_path), on_step=terminate)
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step-000005"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    train(config(index, tmp_path))
+    ref, got = weights(reference), weights(tmp_path)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_rerun_of_a_finished_run_changes_nothing(index, tmp_path, uninterrupted):
+    reference, _ = uninterrupted
+    summary = train(config(index, reference))
+    assert summary["resumed_from_step"] == 10 and summary["steps"] == 10
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(index, tmp_path):
+    def poison(trainer):
+        if trainer.step == 4:  # after the step-4 checkpoint
+            with torch.no_grad():
+                trainer.core.wte.weight.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLoss, match="diverged at step 5.*step-000004"):
+        train(config(index, tmp_path, checkpoint_every=2, log_every=1), on_step=poison)
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step-000004"
+    kept = load_file(str(tmp_path / "checkpoints" / "step-000004" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in kept.values())
+    assert issubclass(NonFiniteLoss, UserError)  # no retry: rerunning would diverge again
+
+
+def test_out_of_memory_suggests_a_smaller_micro_batch(index, tmp_path, monkeypatch):
+    def oom(self):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(Trainer, "train_step", oom)
+    with pytest.raises(OutOfMemory, match="micro_batch to 2 and grad_accum to 2"):
+        train(config(index, tmp_path, micro_batch=4))
+
+
+def test_resume_refuses_a_different_model(index, tmp_path, uninterrupted):
+    reference, _ = uninterrupted
+    other = config(index, reference)
+    other.model = other.model | {"n_embd": 64}
+    with pytest.raises(UserError, match="different|trained with model"):
+        train(other)
