@@ -81,3 +81,24 @@ def test_fsspec_url_store(tmp_path):
     mem = Store("memory://llmpipe-test")
     mem.write_json(mem.join("x", "y.json"), {"ok": True})
     assert mem.read_json(mem.join("x", "y.json")) == {"ok": True} and not mem.local
+
+
+def test_data_stages_run_on_a_non_local_fsspec_store():
+    """collect -> clean -> dedup -> pii through fsspec only (an in-memory filesystem, one process)."""
+    from tasks.clean import CleanConfig, run_clean
+    from tasks.collect import CollectConfig, SourceConfig, run_collect
+    from tasks.core.docs import read_all
+    from tasks.core.stage import RunContext, RunnerConfig
+    from tasks.dedup import DedupConfig, run_dedup
+    from tasks.pii import PiiConfig, run_pii
+
+    ctx = RunContext(store="memory://llmpipe-stages", pipeline="m", run_id="r", runner=RunnerConfig(workers=1))
+    result = run_stage("collect", run_collect,
+                       CollectConfig(sources=[SourceConfig(name="d", kind="demo")], max_docs=30), [], ctx)
+    for name, fn, cfg in [("clean", run_clean, CleanConfig()), ("dedup", run_dedup, DedupConfig()),
+                          ("pii", run_pii, PiiConfig(nlp_model=None))]:
+        result = run_stage(name, fn, cfg, [result], ctx)
+        assert result.stats["balanced"] and result.stats["docs_out"] > 0
+    store = Store(ctx.store)
+    assert not store.local and store.is_complete(result.uri)
+    assert len(read_all(store, result.files("docs"))) == result.stats["rows_out"]
