@@ -27,6 +27,14 @@ def _setup_env(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    training = logging.getLogger("llmpipe.pretrain")  # step, loss, tokens/s, ETA while a model trains
+    if not any(getattr(h, "llmpipe_progress", False) for h in training.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("            %(message)s"))
+        handler.llmpipe_progress = True
+        training.addHandler(handler)
+    training.setLevel(logging.INFO)
+    training.propagate = verbose
     if not verbose:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         logging.getLogger("distributed").setLevel(logging.WARNING)

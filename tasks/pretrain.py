@@ -210,16 +210,23 @@ def launch(run_json: Path, num_processes: int, distributed: str,
 
 # reporting -------------------------------------------------------------------------------------------
 def _emitter() -> Callable[[str], None]:
-    """Prefect's run logger inside a flow run, else this module's logger."""
+    """Training log lines go to this module's logger (the CLI prints it) and, inside a flow run, to
+    Prefect's run logger too (the UI shows them)."""
+    run_logger = None
     if "prefect" in sys.modules:
         try:
             from prefect import get_run_logger
 
             run_logger = get_run_logger()
-            return run_logger.info
         except Exception:  # not inside a run
             pass
-    return log.info
+
+    def emit(line: str) -> None:
+        log.info(line)
+        if run_logger is not None:
+            run_logger.info(line)
+
+    return emit
 
 
 def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
