@@ -24,6 +24,7 @@ from pydantic import model_validator
 from models.config import GPTConfig, pad_vocab
 from tasks.core.config import StageConfig
 from tasks.core.errors import ConfigError, UserError
+from tasks.core.orchestration import make_stage_task, retry_unless_user_error
 from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, StageOutput
 from tasks.token_shards import read_index
@@ -314,10 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+pretrain_task = make_stage_task("pretrain", run_pretrain, retries=2, retry_condition=retry_unless_user_error)
+
 if __name__ == "__main__":
     sys.exit(main())
-else:  # the launched training processes skip Prefect's import (seconds per process)
-    from tasks.core.orchestration import make_stage_task, retry_unless_user_error
-
-    pretrain_task = make_stage_task("pretrain", run_pretrain, retries=2,
-                                    retry_condition=retry_unless_user_error)

@@ -79,7 +79,9 @@ class DocWriter:
             self._final = f"{self.dir_uri}/{name}"
             self._tmp = f"{self.dir_uri}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
             self._handle = self.store.open(self._tmp, "wb")
-            self._writer = pq.ParquetWriter(self._handle, SCHEMA, compression=self.compression)
+            # no dictionary or min/max statistics for ids and texts: they are unique, so both are wasted work
+            self._writer = pq.ParquetWriter(self._handle, SCHEMA, compression=self.compression,
+                                            use_dictionary=["source"], write_statistics=["source"])
             self.files.append(name)
             self._part_bytes = 0
         self._writer.write_table(table, row_group_size=max(table.num_rows, 1))

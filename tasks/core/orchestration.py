@@ -1,9 +1,11 @@
-"""The one way a stage becomes a Prefect task: cached by store key, persisted, retried when transient."""
+"""The one way a stage becomes a Prefect task: cached by store key, persisted, retried when transient.
+
+Prefect is imported when the task is first used, not when a stage module is imported: worker processes
+import stage modules for their unit functions and should not pay seconds for Prefect each.
+"""
 from __future__ import annotations
 
 from typing import Any
-
-from prefect import task
 
 from tasks.core.config import StageConfig
 from tasks.core.errors import UserError
@@ -42,14 +44,39 @@ def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
 
 
 def make_stage_task(stage: str, fn: StageFn, *, retries: int = 2, retry_delay_seconds: list[float] | None = None,
-                    retry_condition=retry_transient, timeout_seconds: float | None = None):
+                    retry_condition=retry_transient, timeout_seconds: float | None = None) -> "StageTask":
     """A Prefect task running `fn` through the stage contract; the flow passes the plan it computed."""
+    return StageTask(stage, fn, dict(name=stage, retries=retries, retry_delay_seconds=retry_delay_seconds or [2, 5, 15],
+                                     retry_condition_fn=retry_condition, persist_result=True,
+                                     cache_key_fn=_cache_key, result_serializer="json",
+                                     timeout_seconds=timeout_seconds))
 
-    @task(name=stage, retries=retries, retry_delay_seconds=retry_delay_seconds or [2, 5, 15],
-          retry_condition_fn=retry_condition, persist_result=True, cache_key_fn=_cache_key,
-          result_serializer="json", timeout_seconds=timeout_seconds)
-    def stage_task(plan: StagePlan, cfg: StageConfig, upstream: list[StageResult], ctx: RunContext) -> StageResult:
-        return execute_stage(plan, fn, cfg, upstream, ctx)
 
-    stage_task.stage_fn = fn  # the flow plans with it
-    return stage_task
+class StageTask:
+    """Builds the Prefect task on first use; `stage_fn` is what the flow plans with."""
+
+    def __init__(self, stage: str, fn: StageFn, options: dict[str, Any]):
+        self.stage, self.stage_fn, self.options = stage, fn, options
+        self._task: Any = None
+
+    @property
+    def task(self) -> Any:
+        if self._task is None:
+            from prefect import task
+
+            fn = self.stage_fn
+
+            def stage_task(plan: StagePlan, cfg: StageConfig, upstream: list[StageResult],
+                           ctx: RunContext) -> StageResult:
+                return execute_stage(plan, fn, cfg, upstream, ctx)
+
+            stage_task.__qualname__ = stage_task.__name__ = f"{self.stage}_task"
+            stage_task.__module__ = fn.__module__
+            self._task = task(**self.options)(stage_task)
+        return self._task
+
+    def with_options(self, **kw: Any) -> Any:
+        return self.task.with_options(**kw)
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        return self.task(*args, **kw)

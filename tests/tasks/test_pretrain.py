@@ -169,4 +169,4 @@ def test_launch_command_and_task():
     assert cmd[cmd.index("--num_processes") + 1] == "4"
     assert cmd[cmd.index("--config_file") + 1].endswith("infra/accelerate/fsdp.yaml")
     assert cmd[-4:] == ["-m", "tasks.pretrain", "--config", "/r/run.json"]
-    assert pretrain_task.retries == 2 and pretrain_task.retry_condition_fn is retry_unless_user_error
+    assert pretrain_task.task.retries == 2 and pretrain_task.task.retry_condition_fn is retry_unless_user_error
