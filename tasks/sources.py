@@ -261,7 +261,8 @@ def read_hub(name: str, config: str | None, split: str, text_field: str,
              revision: str | None = None) -> Iterator[RawRecord | BadRecord]:
     """Rows of a hub dataset, streamed; offline this fails at once with what to do instead."""
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-    if not offline and not hub_reachable():
+    local = os.path.exists(os.path.expanduser(name))  # a dataset saved on disk needs no hub
+    if not offline and not local and not hub_reachable():
         raise UserError(_hub_help(name, "the Hugging Face hub is not reachable from this machine"))
     import datasets
 

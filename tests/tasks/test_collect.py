@@ -279,6 +279,20 @@ def test_url_404_is_not_retried(ctx, http_base):
     assert Handler.hits["/missing.jsonl"] == 1
 
 
+def test_dataset_source_reads_through_the_datasets_library(ctx, tmp_path, monkeypatch):
+    """The hub code path (datasets.load_dataset, split, text field) on a dataset directory on disk."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # proves nothing is fetched
+    d = tmp_path / "my_dataset"
+    d.mkdir()
+    (d / "train.jsonl").write_text("".join(json.dumps({"body": f"row {i}", "label": i}) + "\n" for i in range(5)))
+    (d / "test.jsonl").write_text(json.dumps({"body": "held out"}) + "\n")
+    cfg = CollectConfig(sources=[SourceConfig(name="ds", dataset=str(d), split="train", text_field="body")])
+    result = run_stage("collect", run_collect, cfg, [], ctx)
+    docs = read_all(Store(ctx.store), result.files("docs"))
+    assert [x["text"] for x in docs] == [f"row {i}" for i in range(5)]
+    assert json.loads(docs[2]["meta"])["label"] == 2
+
+
 def test_hub_dataset_offline_fails_fast_with_help(ctx, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: as offline as it gets
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
