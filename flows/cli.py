@@ -44,12 +44,12 @@ class QuietUserErrors(logging.Filter):
     """Prefect logs a failed run with its traceback; for a user error the one-line message is enough."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from tasks.core.errors import UserError
+        from tasks.core.errors import RunInterrupted, UserError
 
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, UserError):
+        if isinstance(exc, (UserError, RunInterrupted)):
             return False  # the CLI prints it once, as its last line
-        return "UserError" not in record.getMessage()
+        return not any(name in record.getMessage() for name in ("UserError", "TrainingInterrupted"))
 
 
 def _quiet_prefect_tracebacks() -> None:
@@ -152,10 +152,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = flow(pipeline=args.pipeline, overrides=args.overrides, sources=args.sources, until=args.until,
                        config_file=args.config, summary_path=args.summary)
     except Exception as exc:
-        from tasks.core.errors import UserError
+        from tasks.core.errors import RunInterrupted, UserError
 
         if isinstance(exc, UserError):
             raise
+        if isinstance(exc, RunInterrupted):
+            print(f"llmpipe: stopped: {exc}", file=sys.stderr)
+            print("llmpipe: rerun the same command to resume from the saved checkpoint.", file=sys.stderr)
+            return 143
         print(f"llmpipe: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print("llmpipe: finished stages are kept in the store; fix the cause and rerun to resume.", file=sys.stderr)
         return 1
@@ -187,8 +191,8 @@ class ProgressPrinter:
         if "tokens" in stats:
             extra.append(f"tokens {stats['tokens']:,}")
         if stats.get("val_loss") is not None:
-            extra.append(f"val loss {stats['val_loss']:.3f} nats (unigram entropy "
-                         f"{stats.get('val_unigram_entropy_nats') or float('nan'):.3f})")
+            extra.append(f"val loss {stats['val_loss']:.3f} nats (a unigram model: "
+                         f"{stats.get('val_unigram_baseline_nats') or float('nan'):.3f})")
         counts = "; ".join([c for c in [counts] + extra if c])
         err = f"  {info.get('error', '')}" if info["status"] == "failed" else ""
         print(f"  {stage:<9} {info['status']:<15} {info.get('seconds', 0):7.1f}s  {counts}{err}", flush=True)

@@ -165,35 +165,46 @@ def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value '{raw}' is not valid YAML: {exc}") from exc
-    parts = [p for p in key.strip().split(".") if p]
+    parts = override_key(key)
     if not parts:
         raise ConfigError(f"--set '{assignment}': empty key.")
     out = copy.deepcopy(data)
     node: Any = out
-    for i, part in enumerate(parts[:-1]):
-        nxt = parts[i + 1]
-        node = _child(node, part, want_list=nxt.isdigit(), key=key)
+    for part in parts[:-1]:
+        node = _child(node, part, key=key)
     last = parts[-1]
     if isinstance(node, list):
-        idx = int(last)
-        if idx >= len(node):
-            raise ConfigError(f"--set {key}: index {idx} is out of range (the list has {len(node)} items).")
-        node[idx] = value
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {key}: '{last}' is not a valid index into a list of {len(node)} items.")
+        node[int(last)] = value
     else:
-        node[last] = value
+        node[_dict_key(node, last)] = value
     return out
 
 
-def _child(node: Any, part: str, want_list: bool, key: str) -> Any:
+def override_key(key: str) -> list[str]:
+    """`collect.sources[0].path` and `collect.sources.0.path` both give ['collect', 'sources', '0', 'path']."""
+    return [p for p in re.sub(r"\[(\d+)\]", r".\1", key.strip()).split(".") if p]
+
+
+def _dict_key(node: dict, part: str) -> Any:
+    """An existing integer key (e.g. n-gram sizes) matches its digits; anything else is a string key."""
+    if part.isdigit() and int(part) in node:
+        return int(part)
+    return part
+
+
+def _child(node: Any, part: str, key: str) -> Any:
     if isinstance(node, list):
         if not part.isdigit() or int(part) >= len(node):
             raise ConfigError(f"--set {key}: '{part}' is not a valid index into a list of {len(node)} items.")
         return node[int(part)]
     if not isinstance(node, dict):
         raise ConfigError(f"--set {key}: '{part}' is inside a value that is not a mapping.")
-    if node.get(part) is None:
-        node[part] = [] if want_list else {}
-    return node[part]
+    k = _dict_key(node, part)
+    if node.get(k) is None:
+        node[k] = {}  # a list can only be indexed where it exists already
+    return node[k]
 
 
 def interpolate(value: Any, path: tuple, where, strict: bool = True) -> Any:
@@ -234,15 +245,15 @@ def load_pipeline(name: str = "demo", config_file: str | os.PathLike | None = No
     cf = read_config_file(config_file)
     data, prefixes = raw_pipeline(cf, name)
     where = _locator(cf, prefixes)
-    data = interpolate(data, (), where, strict_env)
-    for assignment in overrides or []:
-        data = apply_override(data, assignment)
-    if sources:
+    if sources:  # first, so that --set can adjust the sources --source made
         from tasks.collect import source_from_arg
 
         data = deep_merge(data, {"collect": {}})
         data["collect"]["sources"] = [source_from_arg(s, i).model_dump(exclude_defaults=True)
                                       for i, s in enumerate(sources)]
+    for assignment in overrides or []:
+        data = apply_override(data, assignment)
+    data = interpolate(data, (), where, strict_env)  # last: a value replaced above needs no variable
     try:
         return name, PipelineConfig.model_validate(data)
     except ValidationError as exc:
@@ -254,8 +265,9 @@ def _explain(exc: ValidationError, where, name: str, overrides: list[str], from_
     for err in exc.errors()[:5]:
         loc = tuple(err["loc"])
         dotted = _dotted(loc)
-        set_keys = [o.partition("=")[0].strip() for o in overrides]
-        if any(dotted.startswith(k) or k.startswith(dotted) for k in set_keys):
+        loc_parts = [str(p) for p in loc]
+        set_keys = [override_key(o.partition("=")[0]) for o in overrides]
+        if any(k[:len(loc_parts)] == loc_parts or loc_parts[:len(k)] == k for k in set_keys):
             place = "--set"
         elif from_cli_sources and loc[:2] == ("collect", "sources"):
             place = "--source"

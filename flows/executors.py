@@ -6,13 +6,15 @@ from typing import Any
 
 from prefect import task
 
+from tasks.core.orchestration import retry_transient
 from tasks.core.units import PoolExecutor, UnitResult, WorkUnit, execute_unit
 
 # Set while a local-runner flow is running; Dask workers never have it, so they run units in-process.
 _LOCAL_POOL: PoolExecutor | None = None
 
 
-@task(name="unit", task_run_name="{unit.stage}-{unit.unit_id}", retries=1, retry_delay_seconds=[2])
+@task(name="unit", task_run_name="{unit.stage}-{unit.unit_id}", retries=1, retry_delay_seconds=[2],
+      retry_condition_fn=retry_transient)
 def unit_task(fn_ref: str, unit: WorkUnit) -> UnitResult:
     """One shard of a data stage. Resumable: a unit whose marker exists returns its recorded result."""
     if _LOCAL_POOL is not None:
@@ -59,4 +61,7 @@ def task_runner_for(runner_cfg: Any):
         return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                               cluster_kwargs={"n_workers": runner_cfg.dask_workers, "threads_per_worker": 1,
                                               "processes": True, "dashboard_address": None})
-    return ThreadPoolTaskRunner(max_workers=max(4, (runner_cfg.workers or 0) * 2))
+    if runner_cfg.workers == 1:  # one process asked for: units run one at a time, in this process
+        return ThreadPoolTaskRunner(max_workers=1)
+    # threads only wait on the process pool, so a few more than processes keep it busy
+    return ThreadPoolTaskRunner(max_workers=max(4, (runner_cfg.workers or os.cpu_count() or 1) * 2))

@@ -14,7 +14,7 @@ from prefect.context import get_run_context
 from flows import executors, report
 from flows.config import dump_yaml, load_pipeline
 from flows.stages import STAGES, STAGE_NAMES
-from tasks.core.errors import ConfigError
+from tasks.core.errors import ConfigError, UserError
 from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, plan_stage, register_executor
 from tasks.core.store import Store
@@ -36,8 +36,13 @@ def pipeline_flow(pipeline: str = "demo", overrides: list[str] | None = None, so
     ctx = RunContext(store=cfg.store, pipeline=name, run_id=run_id, seed=cfg.seed, runner=cfg.runner)
     progress = _PROGRESS.get("current") or (lambda event, info: None)
     summary = _new_summary(name, run_id, cfg, until, config_file)
-    run_dir = Store(cfg.store).join("runs", run_id)
     store = Store(cfg.store)
+    run_dir = store.join("runs", run_id)
+    try:
+        store.makedirs(run_dir)
+    except OSError as exc:
+        raise UserError(f"store '{cfg.store}' is not writable ({exc.strerror or exc}); set `store:` in "
+                        "pipelines.yaml or --set store=PATH to a directory you can write.") from None
     store.write_json(f"{run_dir}/config.json", cfg.model_dump(mode="json"))
     with store.open(f"{run_dir}/config.yaml", "wb") as f:
         f.write(dump_yaml(cfg).encode())
@@ -83,7 +88,10 @@ def _run_stages(cfg: Any, ctx: RunContext, until: str | None, summary: dict, pro
         entry.update(status="cached" if (plan.complete or result.cached) else "completed", stats=result.stats,
                      outputs=result.outputs, uri=result.uri, seconds=round(time.perf_counter() - start, 3))
         progress("stage", {"stage": spec.name, **entry})
-        report.stage_artifact(spec.name, result)
+        try:
+            report.stage_artifact(spec.name, result)
+        except Exception as exc:  # a UI table must never fail a finished stage
+            logger.warning("could not create the %s artifacts: %s", spec.name, exc)
         upstream = [result]
         if spec.name == until:
             break

@@ -5,6 +5,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -58,19 +59,26 @@ class SourceConfig(StageConfig):
 
 class CollectConfig(StageConfig):
     sources: list[SourceConfig] = Field(default_factory=list)
-    max_docs: int | None = None  # stop after this many documents (in source order; collects serially)
+    max_docs: int | None = Field(None, ge=1)  # stop after this many documents (in source order; serially)
     max_doc_chars: int = 2_000_000  # longer documents are split or dropped (see oversize)
     oversize: Literal["split", "drop"] = "split"
     invalid_utf8: Literal["repair", "quarantine"] = "repair"
     incremental: bool = False  # collect only items that are new or changed since the last run
     shard_mb: int = 128  # Parquet part files are rotated at about this size
-    unit_mb: int = 64  # input files are grouped into parallel work units of about this size
+    unit_mb: int = Field(64, ge=1)  # input files are grouped into parallel work units of about this size
     http_retries: int = 3
     http_timeout: float = 30.0
 
 
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, as hub dataset ids are spelled
+
+
 def source_from_arg(arg: str, index: int) -> SourceConfig:
-    """`--source` values: 'demo', an http(s) URL, a local path/glob/directory, or a hub dataset name."""
+    """`--source` values: 'demo', an http(s) URL, hf://NAME, or a local path/glob/directory.
+
+    A bare `org/name` that does not exist locally is taken for a hub dataset; anything else (`corpus`,
+    `corpus/`, `a/b/c`) is a path, so a typo gets "does not exist" rather than a hub lookup.
+    """
     name = f"cli-{index}"
     if arg == "demo":
         return SourceConfig(name="demo", kind="demo")
@@ -78,11 +86,10 @@ def source_from_arg(arg: str, index: int) -> SourceConfig:
         return SourceConfig(name=name, url=arg)
     if arg.startswith("hf://"):
         return SourceConfig(name=name, dataset=arg[5:])
-    looks_local = os.path.exists(os.path.expanduser(arg)) or any(c in arg for c in "*?[") \
-        or arg.startswith((".", "/", "~")) or sources.format_of(arg) is not None
-    if looks_local:
-        return SourceConfig(name=name, path=arg)
-    return SourceConfig(name=name, dataset=arg)
+    hub_shaped = HUB_NAME.fullmatch(arg) is not None and sources.format_of(arg) is None
+    if hub_shaped and not os.path.exists(os.path.expanduser(arg)):
+        return SourceConfig(name=name, dataset=arg)
+    return SourceConfig(name=name, path=arg)
 
 
 # --- planning ----------------------------------------------------------------------------------------
@@ -91,10 +98,9 @@ def plan_units(cfg: CollectConfig, out_uri: str, ctx: RunContext, ledger_uri: st
     """Resolve sources to work units: groups of files, one URL, one hub dataset, or the demo corpus."""
     units: list[WorkUnit] = []
     for s_idx, src in enumerate(cfg.sources):
-        key = f"collect.sources[{s_idx}] ({src.name})"
         groups: list[dict[str, Any]]
         if src.kind == "files":
-            base, files = sources.expand_files(src.path, src.format, f"{key}.path")
+            base, files = sources.expand_files(src.path, src.format, _path_key(s_idx, src))
             groups = [{"base": str(base), "files": [str(f) for f in g]}
                       for g in _group_by_size(files, cfg.unit_mb << 20)]
         else:
@@ -105,6 +111,11 @@ def plan_units(cfg: CollectConfig, out_uri: str, ctx: RunContext, ledger_uri: st
                 out_uri=out_uri, store_root=ctx.store, config=cfg.canonical(),
                 extra={"source": s_idx, "base": group.get("base"), "ledger": ledger_uri}))
     return units
+
+
+def _path_key(index: int, src: SourceConfig) -> str:
+    """How errors about a source's path name it: the config key, then the source's name."""
+    return f"collect.sources[{index}].path ({src.name})"
 
 
 def _group_by_size(files: list[Path], unit_bytes: int) -> list[list[Path]]:
@@ -126,9 +137,9 @@ def fingerprint(cfg: CollectConfig) -> list[Any]:
     Part of the stage key, so changed input files are collected again while unchanged ones are cached.
     """
     prints: list[Any] = []
-    for src in cfg.sources:
+    for s_idx, src in enumerate(cfg.sources):
         if src.kind == "files":
-            _, files = sources.expand_files(src.path, src.format)
+            _, files = sources.expand_files(src.path, src.format, _path_key(s_idx, src))
             prints.append([(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
         elif src.kind == "demo":
             import sys
@@ -141,9 +152,14 @@ def fingerprint(cfg: CollectConfig) -> list[Any]:
 # --- one work unit -----------------------------------------------------------------------------------
 
 def collect_unit(unit: WorkUnit) -> UnitResult:
-    """Read one unit's input, write its documents, quarantine what cannot be read, note its ledger."""
+    """Read one unit's input, write its documents, quarantine what cannot be read, note its ledger.
+
+    Whether any record had the text field is returned in `info` and judged per source by run_collect:
+    a unit is only some of a source's files, and how files fall into units depends on unit_mb.
+    """
     cfg = CollectConfig.model_validate(unit.config)
-    src = cfg.sources[unit.extra["source"]]
+    s_idx = unit.extra["source"]
+    src = cfg.sources[s_idx]
     writer = UnitWriter(unit, max_bytes=cfg.shard_mb << 20)
     seen = _load_ledger(Store(unit.store_root), unit.extra.get("ledger")) if cfg.incremental else set()
     ledger_rows: list[tuple[int, int]] = []
@@ -157,19 +173,27 @@ def collect_unit(unit: WorkUnit) -> UnitResult:
         n += 1
         if isinstance(rec, sources.BadRecord):
             missing_first = missing_first or (rec.item if rec.reason == "missing_field" else None)
-            writer.quarantine(rec.reason, {"source": src.name, "item": rec.item, "detail": rec.detail,
-                                           **({"raw": rec.raw} if rec.raw is not None else {})})
+            fields_seen = fields_seen or rec.reason == "text_not_a_string"  # the field is there
+            writer.quarantine(rec.reason, _quarantine_record(src, rec))
             continue
         fields_seen = True
         _collect_one(rec, src, cfg, writer, seen, ledger_rows)
-    if missing_first and not fields_seen:
-        raise UserError(f"source '{src.name}': no record has the field {src.text_field!r} (first: "
-                        f"{missing_first}). Set collect.sources[{unit.extra['source']}].text_field to the "
-                        "field that holds the text.")
     result = writer.finish()
     result.outputs["ledger"] = [_write_unit_ledger(writer.store, unit, ledger_rows)]
-    result.info = {"source": src.name, "docs_read": n}
+    result.info = {"source": src.name, "source_index": s_idx, "docs_read": n, "fields_seen": fields_seen,
+                   "missing_first": missing_first}
     return result
+
+
+def _quarantine_record(src: SourceConfig, rec: sources.BadRecord) -> dict[str, Any]:
+    record: dict[str, Any] = {"source": src.name, "item": rec.item, "detail": rec.detail}
+    if rec.line is not None:
+        record["line"] = rec.line
+    if rec.raw is not None:
+        record["raw"] = rec.raw
+    if rec.raw_bytes is not None:
+        record["raw_base64"] = base64.b64encode(rec.raw_bytes).decode()
+    return record
 
 
 def _records(unit: WorkUnit, src: SourceConfig, cfg: CollectConfig) -> Iterator[Any]:
@@ -178,14 +202,15 @@ def _records(unit: WorkUnit, src: SourceConfig, cfg: CollectConfig) -> Iterator[
         for f in unit.inputs:
             path = Path(f)
             fmt = sources.format_of(f, src.format)
-            yield from sources.read_file(path, path.relative_to(base).as_posix(), fmt, src.text_field)
+            yield from sources.read_file(path, path.relative_to(base).as_posix(), fmt, src.text_field,
+                                         cfg.invalid_utf8)
     elif src.kind == "url":
         store = Store(unit.store_root)
         name = sources.url_filename(src.url)
         local = store.local_path(f"{unit.out_uri}/_downloads/{unit.unit_id}-{name}")
         sources.download(src.url, local, retries=cfg.http_retries, timeout=cfg.http_timeout)
         fmt = sources.format_of(name, src.format) or "txt"
-        for rec in sources.read_file(local, name, fmt, src.text_field):
+        for rec in sources.read_file(local, name, fmt, src.text_field, cfg.invalid_utf8):
             rec.item = f"{src.url}#{rec.item}" if fmt not in ("txt", "md") else src.url
             yield rec
         local.unlink(missing_ok=True)
@@ -198,7 +223,9 @@ def _records(unit: WorkUnit, src: SourceConfig, cfg: CollectConfig) -> Iterator[
 def _collect_one(rec: sources.RawRecord, src: SourceConfig, cfg: CollectConfig, writer: UnitWriter,
                  seen: set[tuple[int, int]], ledger_rows: list[tuple[int, int]]) -> None:
     text, bad_at = _decode(rec.data)
-    if bad_at is not None:
+    if rec.utf8_repaired:  # a structured reader already repaired it (it quarantines in quarantine mode)
+        writer.count("utf8_repaired")
+    elif bad_at is not None:
         if cfg.invalid_utf8 == "quarantine":
             writer.quarantine("invalid_utf8", {"source": src.name, "item": rec.item, "detail":
                               f"invalid UTF-8 at byte {bad_at}", "raw_base64": base64.b64encode(rec.data).decode()})
@@ -230,10 +257,7 @@ def _collect_one(rec: sources.RawRecord, src: SourceConfig, cfg: CollectConfig, 
 def _decode(data: bytes | str) -> tuple[str, int | None]:
     if isinstance(data, str):
         return data, None
-    try:
-        return data.decode("utf-8"), None
-    except UnicodeDecodeError as exc:
-        return data.decode("utf-8", errors="replace"), exc.start
+    return sources.decode_text(data)
 
 
 def _h64(s: str) -> int:
@@ -285,8 +309,9 @@ def _load_ledger(store: Store, uri: str | None) -> set[tuple[int, int]]:
 def latest_ledger(store: Store, scope: str) -> str | None:
     """The ledger of the newest finished collect output of this scope (a killed run has none).
 
-    Each run's ledger holds everything collected so far; "newest" is the highest generation, which
-    every run sets to one more than the ledger it compared against.
+    Each run's ledger holds everything collected so far: every run, incremental or full, merges the
+    latest ledger into its own and sets its generation to one more than that ledger's, so "newest" is
+    the highest generation.
     """
     best: tuple[int, str, str] | None = None
     for stage_dir in store.ls(store.join("collect")):
@@ -343,11 +368,8 @@ def run_collect(upstream: list[StageResult], out_uri: str, cfg: CollectConfig, c
     if not cfg.sources:
         raise UserError("collect.sources is empty: add a source to the pipeline or pass --source PATH_OR_URL.")
     store = ctx.open_store()
-    previous = latest_ledger(store, _scope(ctx)) if cfg.incremental else None
-    if previous is None:  # a full collection still records what it saw, for later incremental runs
-        previous_gen_source = latest_ledger(store, _scope(ctx))
-    else:
-        previous_gen_source = previous
+    history = latest_ledger(store, _scope(ctx))  # full runs extend it too, so later incremental runs keep it
+    previous = history if cfg.incremental else None  # what the units compare against
     units = plan_units(cfg, out_uri, ctx, previous)
     if cfg.max_docs is not None:  # a budget carried across units in order, so the cut is deterministic
         results, left = [], cfg.max_docs
@@ -359,14 +381,34 @@ def run_collect(upstream: list[StageResult], out_uri: str, cfg: CollectConfig, c
             left -= results[-1].info.get("docs_read", 0)
     else:
         results = ctx.executor().map_units("tasks.collect:collect_unit", units)
+    _check_text_fields(cfg, results)
     account, outputs = merge_results(results)
     account.check("collect")
-    outputs["ledger"] = _merge_ledgers(store, out_uri, previous, outputs.pop("ledger", []))
+    outputs["ledger"] = _merge_ledgers(store, out_uri, history, outputs.pop("ledger", []))
     stats = account.as_stats()
     stats.update(scope=_scope(ctx), units=len(units), units_resumed=sum(r.resumed for r in results),
                  sources=_per_source(results), incremental=cfg.incremental, previous_ledger=previous,
-                 new_docs=account.docs_out, ledger_generation=_generation(store, previous_gen_source) + 1)
+                 new_docs=account.docs_out, ledger_generation=_generation(store, history) + 1)
     return StageOutput(outputs=outputs, stats=stats)
+
+
+def _check_text_fields(cfg: CollectConfig, results: list[UnitResult]) -> None:
+    """A source none of whose records has its text field is misconfigured, not dirty: stop and say so.
+
+    Judged over all of a source's units (in unit order), so it does not depend on how files were grouped.
+    """
+    by_source: dict[int, list[UnitResult]] = {}
+    for r in results:
+        if r.info.get("source_index") is not None:
+            by_source.setdefault(r.info["source_index"], []).append(r)
+    for s_idx, unit_results in sorted(by_source.items()):
+        if any(r.info.get("fields_seen") for r in unit_results):
+            continue
+        first = next((r.info["missing_first"] for r in unit_results if r.info.get("missing_first")), None)
+        if first is not None:
+            src = cfg.sources[s_idx]
+            raise UserError(f"source '{src.name}': no record has the field {src.text_field!r} (first: {first}). "
+                            f"Set collect.sources[{s_idx}].text_field to the field that holds the text.")
 
 
 def _per_source(results: list[UnitResult]) -> dict[str, dict[str, Any]]:
@@ -383,4 +425,5 @@ def _per_source(results: list[UnitResult]) -> dict[str, dict[str, Any]]:
 
 
 run_collect.key_inputs = collect_key
+run_collect.code_deps = ("tasks.sources",)  # the readers decide what a document is: their code is in the key
 collect_task = make_stage_task("collect", run_collect, retries=2)

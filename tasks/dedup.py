@@ -584,4 +584,5 @@ def _stage_output(cfg: DedupConfig, ctx: RunContext, out_uri: str, account: Any,
     return StageOutput(outputs=outputs, stats=stats)
 
 
+run_dedup.code_deps = ("tasks.minhash", "tasks.dedup_index")  # their source counts as the stage's code
 dedup_task = make_stage_task("dedup", run_dedup, retries=2)

@@ -1,4 +1,8 @@
-"""PII stage: presidio detection (patterns, optional spaCy NER), anonymization, and a counts-only audit."""
+"""PII stage: presidio detection (patterns, optional spaCy NER), anonymization, and a counts-only audit.
+
+Every document's text and every string inside its meta (collect copies source fields such as an author
+or a contact address there) go through the same detection and operators.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +13,7 @@ import re
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -120,9 +125,9 @@ class PiiConfig(StageConfig):
     context_enhancement: bool = True  # raise low scores when a context word ("ssn", "phone") is near
     prefilter: bool = True  # skip recognizers whose cheap necessary condition fails (off: for checking)
     batch_size: int = Field(64, ge=1)  # documents per NER/analysis batch
-    workers: int = Field(0, ge=0)  # processes; 0 = the runner's setting
+    # no `workers` here: the flow sizes its executor once at start, so runner.workers is the one knob
 
-    key_exclude = frozenset({"batch_size", "workers"})
+    key_exclude = frozenset({"batch_size"})
 
     @field_validator("entities", "score_thresholds", "deny_list", "operators")
     @classmethod
@@ -263,11 +268,15 @@ class Detector:
 
 @dataclass
 class DocOutcome:
-    """The result for one document: new text and per-entity counts, or the error type that stopped it."""
+    """The result for one text or document: new text and per-entity counts, or the error type that
+    stopped it. For a document, `counts` covers text and meta, `meta_counts` the meta alone, and `meta`
+    is its parsed meta with every detected span anonymized."""
 
     text: str | None
     counts: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    meta: Any = None
+    meta_counts: dict[str, int] = field(default_factory=dict)
 
 
 def _import_presidio():
@@ -385,6 +394,73 @@ class PiiEngine:
             except Exception as exc:  # quarantined by the caller; the message may quote text, so drop it
                 outcomes.append(DocOutcome(None, error=type(exc).__name__))
         return outcomes
+
+    def process_docs(self, docs: list[dict[str, Any]]) -> list[DocOutcome]:
+        """Anonymize each document's text and every string in its meta, all in one batch."""
+        metas = [parse_meta(d.get("meta")) for d in docs]
+        strings = [meta_strings(m) for m in metas]
+        # values such as a license or a source name repeat across documents: analyze each once per batch
+        unique = list(dict.fromkeys(s for values in strings for s in values if s))
+        outcomes = self.process_batch([d["text"] for d in docs] + unique)
+        by_value = dict(zip(unique, outcomes[len(docs):]))
+        return [_document_outcome(text_outcome, meta, values, by_value)
+                for text_outcome, meta, values in zip(outcomes[:len(docs)], metas, strings)]
+
+
+def _document_outcome(text_outcome: DocOutcome, meta: Any, values: list[str],
+                      by_value: dict[str, DocOutcome]) -> DocOutcome:
+    """Join a document's text outcome with those of its meta strings (`values`, in `meta_strings` order)."""
+    value_outcomes = [by_value[v] for v in values if v]
+    error = next((o.error for o in [text_outcome, *value_outcomes] if o.error is not None), None)
+    if error is not None:
+        return DocOutcome(None, error=error)
+    meta_counts: Counter = Counter()
+    for outcome in value_outcomes:
+        meta_counts.update(outcome.counts)
+    if meta_counts:
+        meta = replace_strings(meta, iter([by_value[v].text if v else v for v in values]))
+    return DocOutcome(text_outcome.text, dict(Counter(text_outcome.counts) + meta_counts), meta=meta,
+                      meta_counts=dict(meta_counts))
+
+
+def parse_meta(raw: Any) -> Any:
+    """A document's meta as JSON data; meta that is not JSON is kept (and analyzed) as one string."""
+    if isinstance(raw, (dict, list)):
+        return raw
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def meta_strings(value: Any) -> list[str]:
+    """Every string value inside JSON data, depth first in document order (dict keys are not values)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in meta_strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in meta_strings(item)]
+    return []
+
+
+def replace_strings(value: Any, new: Iterator[str]) -> Any:
+    """A copy of JSON data with its string values taken in turn from `new` (the `meta_strings` order)."""
+    if isinstance(value, str):
+        return next(new)
+    if isinstance(value, dict):
+        return {key: replace_strings(item, new) for key, item in value.items()}
+    if isinstance(value, list):
+        return [replace_strings(item, new) for item in value]
+    return value
+
+
+def with_pii_counts(meta: Any, counts: dict[str, int]) -> dict[str, Any]:
+    """Meta with the `pii` counts added; meta that is not a JSON object is kept under "meta"."""
+    base = dict(meta) if isinstance(meta, dict) else {"meta": meta}
+    return {**base, "pii": dict(sorted(counts.items()))}
 
 
 def run_phone(det: Detector, text: str, clusters: list[Cluster], certain: list[Span],
@@ -700,7 +776,7 @@ def pii_unit(unit: WorkUnit) -> UnitResult:
     writer = UnitWriter(unit)
     start = time.perf_counter()
     for batch in iter_unit_docs(unit, batch_rows=cfg.batch_size):
-        for doc, outcome in zip(batch, engine.process_batch([d["text"] for d in batch])):
+        for doc, outcome in zip(batch, engine.process_docs(batch)):
             _record(writer, doc, outcome)
     writer.info = {"seconds": round(time.perf_counter() - start, 3), "ner_enabled": engine.plan.ner_enabled}
     return writer.finish()
@@ -712,14 +788,15 @@ def _record(writer: UnitWriter, doc: dict[str, Any], outcome: DocOutcome) -> Non
         writer.quarantine(f"analysis_error:{outcome.error}", {"id": doc["id"], "source": doc.get("source")})
         return
     if not outcome.counts:
-        writer.keep(doc)
+        writer.keep(doc)  # text and meta exactly as they came
         return
-    meta = json.loads(doc["meta"]) if doc.get("meta") else {}
-    meta["pii"] = dict(sorted(outcome.counts.items()))
-    writer.keep(doc, text=outcome.text, meta=meta)
-    total = sum(outcome.counts.values())
+    writer.keep(doc, text=outcome.text, meta=with_pii_counts(outcome.meta, outcome.counts))
+    total, in_meta = sum(outcome.counts.values()), sum(outcome.meta_counts.values())
     writer.count("docs_with_pii")
     writer.count("pii_spans", total)
+    if in_meta:
+        writer.count("meta_spans", in_meta)
+        writer.count("docs_with_meta_pii")
     writer.count(f"spans_per_doc/{_bucket(total)}")
     for entity, n in outcome.counts.items():
         writer.count(f"entity/{entity}", n)
@@ -736,8 +813,6 @@ def run_pii(upstream: list[StageResult], out_uri: str, cfg: PiiConfig, ctx: RunC
     PiiEngine(cfg, plan, load_ner=False)  # config errors (regexes, entities, missing salt) fail here, once
     if plan.warning:
         log.warning("!!! PII WARNING !!! %s", plan.warning)
-    if cfg.workers:
-        ctx = ctx.model_copy(update={"runner": ctx.runner.model_copy(update={"workers": cfg.workers})})
     inputs = upstream[0].files("docs") if upstream else []
     out, _ = run_map_stage("pii", "tasks.pii:pii_unit", inputs, out_uri, cfg, ctx,
                            extra={"ner_model": plan.ner_model})
@@ -747,7 +822,8 @@ def run_pii(upstream: list[StageResult], out_uri: str, cfg: PiiConfig, ctx: RunC
 
 
 def summarize(stats: dict[str, Any], plan: PiiPlan, cfg: PiiConfig) -> dict[str, Any]:
-    """Move the per-entity counters into named fields and add the NER status."""
+    """Move the per-entity counters into named fields and add the NER status; span counts include the
+    spans found in meta, which `meta_spans` also counts alone."""
     counters = dict(stats.get("counters", {}))
     entity_counts, docs_with = _pop_group(counters, "entity/"), _pop_group(counters, "docs_with/")
     per_doc = _pop_group(counters, "spans_per_doc/")
@@ -757,6 +833,8 @@ def summarize(stats: dict[str, Any], plan: PiiPlan, cfg: PiiConfig) -> dict[str,
             "warning": plan.warning, "entities": list(plan.entities), "entity_counts": entity_counts,
             "docs_with_entity": docs_with, "docs_with_pii": docs_with_pii,
             "pii_spans": int(counters.pop("pii_spans", 0)), "spans_per_doc": per_doc,
+            "meta_spans": int(counters.pop("meta_spans", 0)),
+            "docs_with_meta_pii": int(counters.pop("docs_with_meta_pii", 0)),
             "operators": {e: cfg.operators.get(e, cfg.default_operator).type for e in plan.entities}}
 
 
@@ -766,7 +844,8 @@ def _pop_group(counters: dict[str, float], prefix: str) -> dict[str, int]:
 
 REPORT_KEYS = ("docs_in", "docs_out", "quarantined", "quarantine_reasons", "dropped", "balanced",
                "ner_enabled", "ner_model", "warning", "entities", "operators", "entity_counts",
-               "docs_with_entity", "docs_with_pii", "pii_spans", "spans_per_doc")
+               "docs_with_entity", "docs_with_pii", "pii_spans", "spans_per_doc", "meta_spans",
+               "docs_with_meta_pii")
 
 
 def pii_report(stats: dict[str, Any]) -> dict[str, Any]:
@@ -791,7 +870,8 @@ def pii_report_markdown(stats: dict[str, Any]) -> str:
         lines += [f"NER on with `{stats.get('ner_model')}`.", ""]
     lines += [f"Documents in {stats.get('docs_in', 0)}, out {stats.get('docs_out', 0)}, quarantined "
               f"{stats.get('quarantined', 0)}; {stats.get('docs_with_pii', 0)} documents held PII "
-              f"({stats.get('pii_spans', 0)} spans).", "", "| entity | spans | documents | operator |",
+              f"({stats.get('pii_spans', 0)} spans, {stats.get('meta_spans', 0)} of them in meta).", "",
+              "| entity | spans | documents | operator |",
               "|---|---:|---:|---|"]
     lines += [f"| {r['entity']} | {r['spans']} | {r['documents']} | {r['operator']} |"
               for r in pii_entity_rows(stats)]

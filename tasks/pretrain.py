@@ -71,7 +71,7 @@ class PretrainConfig(StageConfig):
     # CPU threads (0 = one per core). Small models on a CPU shared with other work: 1 is steadier, since
     # every parallel op waits for its slowest thread, and a thread sharing its core waits long
     cpu_threads: int = 0
-    seed: int = 0
+    seed: int | None = None  # None = the pipeline's top-level `seed`
     # evaluation, checkpoints, logs
     eval_every: int = 125  # 0 = only at the end
     eval_batches: int = 20  # per process; 0 = the whole val split
@@ -102,7 +102,7 @@ def model_fields(cfg: PretrainConfig, vocab_size: int) -> dict[str, Any]:
 
 
 def build_train_config(cfg: PretrainConfig, index_path: Path, tokenizer_path: Path | None, out_dir: Path,
-                       lineage: dict[str, Any]):
+                       lineage: dict[str, Any], pipeline_seed: int = 0):
     """The loop's plain config, with the vocabulary resolved from the token index."""
     from tasks.pretrain_loop import TrainConfig  # torch: imported when a run starts, not with the flow
 
@@ -117,7 +117,8 @@ def build_train_config(cfg: PretrainConfig, index_path: Path, tokenizer_path: Pa
     return TrainConfig(index=str(index_path), out_dir=str(out_dir),
                        tokenizer=str(tokenizer_path) if tokenizer_path else "",
                        model=model_fields(cfg, vocab), lineage=lineage,
-                       **{k: getattr(cfg, k) for k in loop_keys})
+                       **{k: getattr(cfg, k) for k in loop_keys - {"seed"}},
+                       seed=pipeline_seed if cfg.seed is None else cfg.seed)
 
 
 def run_pretrain(upstream: list[StageResult], out_uri: str, cfg: PretrainConfig,
@@ -135,7 +136,7 @@ def run_pretrain(upstream: list[StageResult], out_uri: str, cfg: PretrainConfig,
                "tokenizer_sha256": read_index(index_path).get("tokenizer_sha256"),
                "upstream": {"stage": tokens.stage, "key": tokens.key, "digest": tokens.digest},
                "stage_config": cfg.canonical(), "pipeline": ctx.pipeline, "run_id": ctx.run_id}
-    train_cfg = build_train_config(cfg, index_path, tokenizer_path, out_dir, lineage)
+    train_cfg = build_train_config(cfg, index_path, tokenizer_path, out_dir, lineage, ctx.seed)
     run_json = out_dir / "run.json"
     run_json.write_text(json.dumps({"train": asdict(train_cfg)}, indent=2))
     emit = _emitter()
@@ -156,12 +157,14 @@ def run_pretrain(upstream: list[StageResult], out_uri: str, cfg: PretrainConfig,
         outputs["loss_curve"] = "loss.png"
     stats_keys = ("steps", "tokens", "train_loss", "val_loss", "tokens_per_s", "mfu", "seconds", "params",
                   "processes", "device", "precision", "resumed_from_step", "loss_units",
-                  "val_unigram_entropy_nats", "val_unigram_entropy_bits", "val_below_unigram")
+                  "val_unigram_entropy_nats", "val_unigram_entropy_bits", "val_below_unigram",
+                  "unigram_entropy_nats", "val_unigram_baseline_nats")
     return StageOutput(outputs=outputs, stats={k: summary.get(k) for k in stats_keys if k in summary})
 
 
 # modules whose source decides what training computes, beyond this file (for the stage's code version;
 # names, not imports, so planning a flow does not import torch)
+run_pretrain.uses_pipeline_seed = True  # the store key then includes the pipeline's seed
 run_pretrain.code_deps = ("models.config", "models.gpt", "models.mtp", "tasks.pretrain_loop",
                           "tasks.token_shards")
 
@@ -238,7 +241,7 @@ def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_loss_curve(out_dir: Path) -> Path | None:
-    """loss.png: training and validation loss against tokens, with the val data's unigram entropy."""
+    """loss.png: training and validation loss against tokens, with a unigram model's val loss."""
     records = read_metrics(out_dir)
     train = [r for r in records if "loss" in r]
     if not train:
@@ -256,9 +259,9 @@ def write_loss_curve(out_dir: Path) -> Path | None:
         ax.plot([r["step"] * per_step for r in val], [r["val_loss"] for r in val], "o-", label="val loss")
     summary_path = out_dir / "model" / "metrics.json"
     if summary_path.exists():
-        entropy = json.loads(summary_path.read_text()).get("val_unigram_entropy_nats")
-        if entropy:
-            ax.axhline(entropy, color="grey", linestyle="--", label="val unigram entropy")
+        baseline = json.loads(summary_path.read_text()).get("val_unigram_baseline_nats")
+        if baseline:
+            ax.axhline(baseline, color="grey", linestyle="--", label="unigram model (fit on train) on val")
     ax.set_xlabel("tokens")
     ax.set_ylabel("cross-entropy (nats)")
     ax.legend()

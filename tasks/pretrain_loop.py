@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from models.gpt import GPT, GPTConfig
 from models.mtp import all_heads_backward, sequential_heads_backward
-from tasks.core.errors import UserError
+from tasks.core.errors import RunInterrupted, UserError
 from tasks.token_shards import ShardWriter, TokenSplit, TokenWindows, dtype_for_vocab, write_index
 
 log = logging.getLogger("llmpipe.pretrain")
@@ -99,7 +99,7 @@ class OutOfMemory(UserError):
     """The micro-batch does not fit the device."""
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(RunInterrupted, RuntimeError):
     """SIGTERM arrived; a checkpoint was written and a rerun resumes from it."""
 
 
@@ -157,8 +157,8 @@ def total_steps_for(cfg: TrainConfig, world_size: int) -> int:
     return min(limits)
 
 
-def unigram_entropy(index_path: str | os.PathLike, split: str = "val", chunk: int = 1 << 24) -> float | None:
-    """Entropy in nats of the split's own token frequencies: the loss of the best context-free model."""
+def unigram_counts(index_path: str | os.PathLike, split: str, chunk: int = 1 << 24) -> np.ndarray | None:
+    """How often each token id occurs in a split (None when the split is absent or empty)."""
     try:
         data = TokenSplit(index_path, split)
     except ValueError:
@@ -167,8 +167,37 @@ def unigram_entropy(index_path: str | os.PathLike, split: str = "val", chunk: in
     for arr in data.arrays:
         for start in range(0, arr.size, chunk):
             counts += np.bincount(arr[start:start + chunk], minlength=data.vocab_size)[:data.vocab_size]
+    return counts if counts.sum() else None
+
+
+def unigram_entropy(index_path: str | os.PathLike, split: str = "val") -> float | None:
+    """Entropy in nats of the split's own token frequencies: the loss of the best context-free model
+    that knew the split in advance (small splits make it optimistic)."""
+    counts = unigram_counts(index_path, split)
+    if counts is None:
+        return None
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
+
+
+def unigram_baselines(index_path: str | os.PathLike) -> dict[str, float | None]:
+    """Context-free baselines in nats: the entropy of all the data's token frequencies, the val split's own
+    entropy, and the loss on val of a unigram model fit on train (add-one smoothed): the fair baseline
+    for the validation loss, since the model too learns from train only."""
+    train, val = unigram_counts(index_path, "train"), unigram_counts(index_path, "val")
+    out: dict[str, float | None] = {"unigram_entropy_nats": None, "val_unigram_entropy_nats": None,
+                                    "val_unigram_baseline_nats": None}
+    total = sum(c for c in (train, val) if c is not None)
+    if isinstance(total, np.ndarray):
+        p = total[total > 0] / total.sum()
+        out["unigram_entropy_nats"] = float(-(p * np.log(p)).sum())
+    if val is not None:
+        p = val[val > 0] / val.sum()
+        out["val_unigram_entropy_nats"] = float(-(p * np.log(p)).sum())
+        if train is not None:
+            q = (train + 1) / (train.sum() + train.size)
+            out["val_unigram_baseline_nats"] = float(-(val * np.log(q)).sum() / val.sum())
+    return out
 
 
 def weights_for_saving(state_dict: dict[str, torch.Tensor], model_cfg: GPTConfig) -> dict[str, torch.Tensor]:
@@ -681,7 +710,9 @@ def train(cfg: TrainConfig, emit: Callable[[str], None] | None = None,
 
 
 def _summary(trainer: Trainer, loop: Loop, seconds: float) -> dict[str, Any]:
-    entropy = unigram_entropy(trainer.cfg.index, "val") if trainer.is_main else None
+    baselines = unigram_baselines(trainer.cfg.index) if trainer.is_main else {}
+    baseline = baselines.get("val_unigram_baseline_nats")
+    entropy = baselines.get("val_unigram_entropy_nats")
     val = loop.last_val
     record = loop.last_record
     summary = {
@@ -695,9 +726,9 @@ def _summary(trainer: Trainer, loop: Loop, seconds: float) -> dict[str, Any]:
         "processes": trainer.world, "precision": trainer.precision,
         "resumed_from_step": trainer.checkpoint_state["step"] if trainer.checkpoint_state else None,
         "loss_units": "nats",
-        "val_unigram_entropy_nats": entropy,
+        **baselines,
         "val_unigram_entropy_bits": entropy / math.log(2) if entropy is not None else None,
-        "val_below_unigram": bool(val[0] < entropy) if val and entropy is not None else None,
+        "val_below_unigram": bool(val[0] < baseline) if val and baseline is not None else None,
     }
     if trainer.peak_flops and summary["tokens_per_s"]:
         achieved = trainer.flops_per_token * summary["tokens_per_s"]

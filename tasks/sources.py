@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -29,6 +30,10 @@ FORMATS = ("txt", "md", "jsonl", "json", "parquet", "csv")
 _EXT = {".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md", ".jsonl": "jsonl", ".ndjson": "jsonl",
         ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 GLOB_CHARS = set("*?[")
+# csv's default cap is 128 KiB per cell; a cell is a document like a whole text file is, and long ones
+# are split later, so allow any cell that fits a C long on every platform
+CSV_FIELD_LIMIT = 2**31 - 1
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of an invalid byte
 
 
 @dataclass
@@ -38,6 +43,7 @@ class RawRecord:
     item: str
     data: bytes | str  # bytes where the encoding is still to be checked
     meta: dict[str, Any] = field(default_factory=dict)
+    utf8_repaired: bool = False  # the reader replaced invalid UTF-8 in it with U+FFFD
 
 
 @dataclass
@@ -48,6 +54,8 @@ class BadRecord:
     reason: str
     detail: str = ""
     raw: str | None = None  # the offending input where there is one (it is part of the corpus itself)
+    raw_bytes: bytes | None = None  # the offending input as bytes, where they are not valid UTF-8
+    line: int | None = None  # the line of the file it starts at, where the format has lines
 
 
 # --- resolving a files source ------------------------------------------------------------------------
@@ -84,12 +92,20 @@ def expand_files(pattern: str, declared_format: str = "auto", key: str = "path")
         base, files = Path(raw).parent, [Path(raw)]
     else:
         raise UserError(f"{key} '{pattern}' does not exist. Check the path (relative paths are relative "
-                        f"to the directory you run llmpipe from: {os.getcwd()}).")
+                        f"to the directory you run llmpipe from: {os.getcwd()}){_hub_hint(pattern)}.")
     for p in files:
         if format_of(str(p), declared_format) is None:
             raise UserError(f"cannot tell the format of '{p}' from its name; set `format:` on the source "
                             f"to one of {', '.join(FORMATS)}.")
     return base.resolve(), sorted(p.resolve() for p in files)
+
+
+def _hub_hint(pattern: str) -> str:
+    """A missing path that could be a hub dataset's name ('imdb', 'corpus/'): say how to ask for one."""
+    name = pattern.rstrip("/")
+    if not name or pattern.startswith((".", "/", "~")) or format_of(name) is not None:
+        return ""
+    return f"; for a hub dataset use hf://{name} (with --source) or `dataset: {name}` (in a source)"
 
 
 def _glob_base(pattern: str) -> str:
@@ -103,8 +119,14 @@ def _glob_base(pattern: str) -> str:
 
 # --- reading one file -----------------------------------------------------------------------------------
 
-def read_file(path: Path, rel: str, fmt: str, text_field: str) -> Iterator[RawRecord | BadRecord]:
-    """Records of one local file; a corrupt gzip yields what was readable, then one BadRecord."""
+def read_file(path: Path, rel: str, fmt: str, text_field: str,
+              invalid_utf8: str = "repair") -> Iterator[RawRecord | BadRecord]:
+    """Records of one local file; a corrupt gzip yields what was readable, then one BadRecord.
+
+    invalid_utf8 ("repair" or "quarantine") says what structured formats do with a record holding
+    invalid UTF-8: decode it with U+FFFD replacements and flag it, or quarantine it as invalid_utf8.
+    (txt/md documents come as bytes and are checked by the caller.)
+    """
     line = 0
     try:
         with _open_binary(path) as f:
@@ -112,11 +134,11 @@ def read_file(path: Path, rel: str, fmt: str, text_field: str) -> Iterator[RawRe
                 yield RawRecord(rel, f.read(), {"path": rel})
             elif fmt == "jsonl":
                 for line, raw in enumerate(f, start=1):
-                    yield _json_line(raw, rel, line, text_field)
+                    yield _json_line(raw, rel, line, text_field, invalid_utf8)
             elif fmt == "json":
-                yield from _json_document(f.read(), rel, text_field)
+                yield from _json_document(f.read(), rel, text_field, invalid_utf8)
             elif fmt == "csv":
-                yield from _csv_rows(f, rel, text_field, path)
+                yield from _csv_rows(f, rel, text_field, path, invalid_utf8)
             elif fmt == "parquet":
                 yield from _parquet_rows(f, rel, text_field, path)
             else:
@@ -132,15 +154,30 @@ def _open_binary(path: Path):
     return open(path, "rb")
 
 
-def _json_line(raw: bytes, rel: str, line: int, text_field: str) -> RawRecord | BadRecord:
+def decode_text(data: bytes, encoding: str = "utf-8") -> tuple[str, int | None]:
+    """(text, offset of the first invalid byte or None); invalid bytes become U+FFFD."""
+    try:
+        return data.decode(encoding), None
+    except UnicodeDecodeError as exc:
+        return data.decode(encoding, errors="replace"), exc.start
+
+
+def _json_line(raw: bytes, rel: str, line: int, text_field: str, invalid_utf8: str) -> RawRecord | BadRecord:
     item = f"{rel}:{line}"
     if not raw.strip():
         return RawRecord(item, b"", {"path": rel, "line": line})
+    text, bad_at = decode_text(raw, "utf-8-sig")  # -sig: a byte order mark opening the file is no content
+    if bad_at is not None and invalid_utf8 == "quarantine":
+        return BadRecord(item, "invalid_utf8", f"line {line}: invalid UTF-8 at byte {bad_at} of the line",
+                         raw_bytes=raw, line=line)
     try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return BadRecord(item, "malformed_json", f"line {line}: {exc}", raw.decode("utf-8", "replace"))
-    return _from_object(obj, item, text_field, {"path": rel, "line": line})
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return BadRecord(item, "malformed_json", f"line {line}: {exc}", text, line=line)
+    rec = _from_object(obj, item, text_field, {"path": rel, "line": line})
+    if bad_at is not None and isinstance(rec, RawRecord):
+        rec.utf8_repaired = True
+    return rec
 
 
 def _from_object(obj: Any, item: str, text_field: str, meta: dict[str, Any]) -> RawRecord | BadRecord:
@@ -158,30 +195,127 @@ def _from_object(obj: Any, item: str, text_field: str, meta: dict[str, Any]) -> 
     return RawRecord(item, text, meta | extra)
 
 
-def _json_document(data: bytes, rel: str, text_field: str) -> Iterator[RawRecord | BadRecord]:
+def _json_document(data: bytes, rel: str, text_field: str, invalid_utf8: str) -> Iterator[RawRecord | BadRecord]:
+    encoding = json.detect_encoding(data)  # JSON may be UTF-16/32 too; json.loads(bytes) allowed it
+    text, bad_at = decode_text(data, encoding)
+    if bad_at is not None and invalid_utf8 == "quarantine":
+        yield BadRecord(rel, "invalid_utf8", f"invalid {encoding} at byte {bad_at}", raw_bytes=data)
+        return
     try:
-        obj = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        yield BadRecord(rel, "malformed_json", str(exc), data[:10000].decode("utf-8", "replace"))
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        yield BadRecord(rel, "malformed_json", str(exc), text[:10000])
         return
     records = obj if isinstance(obj, list) else [obj]
-    for i, rec in enumerate(records):
-        yield _from_object(rec, f"{rel}#{i}", text_field, {"path": rel, "index": i})
+    for i, obj_i in enumerate(records):
+        rec = _from_object(obj_i, f"{rel}#{i}", text_field, {"path": rel, "index": i})
+        if bad_at is not None and isinstance(rec, RawRecord):
+            rec.utf8_repaired = True
+        yield rec
 
 
-def _csv_rows(f, rel: str, text_field: str, path: Path) -> Iterator[RawRecord | BadRecord]:
-    reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", errors="replace", newline=""))
-    if reader.fieldnames is None or text_field not in reader.fieldnames:
-        raise UserError(f"'{path}' has no column {text_field!r} (columns: {reader.fieldnames}); "
-                        "set `text_field:` on the source to the column holding the text.")
-    for row_no, row in enumerate(reader, start=2):
-        item = f"{rel}:{row_no}"
-        text = row.get(text_field)
-        if text is None:
-            yield BadRecord(item, "short_row", f"row {row_no} has fewer columns than the header")
+class _LineTap:
+    """Feeds a text stream to csv.reader line by line, keeping the lines of the row being read."""
+
+    def __init__(self, stream: io.TextIOBase):
+        self.stream = stream
+        self.pending: list[str] = []
+
+    def __iter__(self) -> "_LineTap":
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.stream)
+        self.pending.append(line)
+        return line
+
+    def take(self) -> str:
+        """The raw text of the row just read (several lines where a quoted cell holds newlines)."""
+        text = "".join(self.pending)
+        self.pending.clear()
+        return text
+
+
+def _csv_rows(f, rel: str, text_field: str, path: Path, invalid_utf8: str) -> Iterator[RawRecord | BadRecord]:
+    """Rows as csv.DictReader sees them (row 1 the header, blank lines skipped), read by hand so that a
+    row's invalid UTF-8 is found exactly (surrogateescape keeps each bad byte) and a parse error
+    becomes a quarantined record."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    tap = _LineTap(io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline=""))
+    reader = csv.reader(tap)
+    header: list[str] | None = None
+    row_no = 0
+    while True:
+        first_line = reader.line_num + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            yield _csv_rest_of_file(tap, rel, row_no + 1, first_line, exc)
+            return
+        raw = tap.take()
+        if not values:
             continue
-        extra = {k: v for k, v in row.items() if k != text_field and k is not None}
-        yield RawRecord(item, text, {"path": rel, "line": row_no} | extra)
+        row_no += 1
+        if header is None:
+            header = [_repaired(v) for v in values]
+            _check_column(header, text_field, path)
+            continue
+        yield _csv_record(header, values, raw, rel, row_no, first_line, text_field, invalid_utf8)
+    if header is None:
+        _check_column(None, text_field, path)
+
+
+def _check_column(header: list[str] | None, text_field: str, path: Path) -> None:
+    if header is None or text_field not in header:
+        raise UserError(f"'{path}' has no column {text_field!r} (columns: {header}); "
+                        "set `text_field:` on the source to the column holding the text.")
+
+
+def _csv_record(header: list[str], values: list[str], raw: str, rel: str, row_no: int, line: int,
+                text_field: str, invalid_utf8: str) -> RawRecord | BadRecord:
+    item = f"{rel}:{row_no}"
+    repaired = any(_ESCAPED_BYTE.search(v) for v in values)
+    if repaired:
+        raw_bytes = raw.encode("utf-8", "surrogateescape")
+        if invalid_utf8 == "quarantine":
+            _, bad_at = decode_text(raw_bytes)
+            return BadRecord(item, "invalid_utf8", f"row {row_no} (line {line}): invalid UTF-8 at byte "
+                             f"{bad_at} of the row", raw_bytes=raw_bytes, line=line)
+        values = [_repaired(v) for v in values]
+    # as csv.DictReader: missing cells are None, cells past the header's columns are left out
+    row = dict(zip(header, values + [None] * (len(header) - len(values))))
+    text = row.get(text_field)
+    if text is None:
+        return BadRecord(item, "short_row", f"row {row_no} (line {line}) has fewer columns than the header",
+                         line=line)
+    extra = {k: v for k, v in row.items() if k != text_field}
+    return RawRecord(item, text, {"path": rel, "line": row_no} | extra, utf8_repaired=repaired)
+
+
+def _repaired(value: str) -> str:
+    """A cell decoded with surrogateescape, its invalid bytes replaced by U+FFFD as errors="replace" would."""
+    if not _ESCAPED_BYTE.search(value):
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _csv_rest_of_file(tap: _LineTap, rel: str, row_no: int, first_line: int, exc: csv.Error) -> BadRecord:
+    """After a parse error csv.reader has lost track of quoting, so the rows it would read next are not
+    trustworthy: the failed row and everything after it become one record (rows before it are kept)."""
+    last_line = first_line + len(tap.pending) - 1
+    kept = [tap.take()]
+    size = len(kept[0])
+    for line in tap.stream:  # not through the tap: the rest of a huge file is counted, not held
+        last_line += 1
+        if size < 10000:
+            kept.append(line)
+            size += len(line)
+    return BadRecord(f"{rel}:{row_no}", "malformed_csv",
+                     f"row {row_no} (line {first_line}): {exc}; the CSV reader cannot tell where the next row "
+                     f"starts after this, so lines {first_line}-{last_line} are quarantined "
+                     "as one record", _repaired("".join(kept)[:10000]), line=first_line)
 
 
 def _parquet_rows(f, rel: str, text_field: str, path: Path) -> Iterator[RawRecord | BadRecord]:

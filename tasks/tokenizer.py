@@ -8,6 +8,10 @@ Outputs under the stage directory:
     tokens/index.json       shard list, token counts, dtype, vocab size, tokenizer hash (tasks.token_shards)
     tokens/<split>-NNNNN.bin  packed ids, one end-of-text token after each document
 
+Splits: a document goes to 'val' or 'train' by a hash of its meta "parent" (set on the pieces clean and
+collect cut from one document) or, without one, of its id: every piece of a book shares one split, and
+a document keeps its split when the corpus grows (see `split_key`).
+
 Speed: encoding runs on the Rust thread pool of `tokenizers` (all cores, GIL released); this process
 only reads Parquet, cuts long documents into pieces, converts ids and writes, overlapped with the
 encoding of the previous batch. No worker processes: forking next to a running Rust pool can deadlock.
@@ -52,6 +56,7 @@ IN_FLIGHT = 2  # encode batches at once: the next one fills the thread pool whil
 READ_ROWS = 64  # rows per Parquet read; documents are regrouped into encode batches by size
 SPLIT_SEED = 0x5EED  # different seeds: the validation split and the training sample are independent
 SAMPLE_SEED = 0x7A1B
+SPLIT_BY = "parent_or_id"  # recorded in the index: an append must split by the same rule
 # A space preceded by a visible character: GPT-2's pre-tokenizer regex always splits right before it
 # (no pattern continues a word through a space, and a whitespace run cannot start at a visible char).
 _CUT_BEFORE = re.compile(r"(?<=[!-~\w]) ")
@@ -69,7 +74,11 @@ class TokenizeConfig(StageConfig):
     tokenizer_file: str | None = Field(None, description="load this tokenizer.json instead of training")
     append_to: str | None = Field(None, description="tokens/index.json of an earlier run: tokenize only this "
                                                     "input with that run's tokenizer and list both")
-    val_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="share of documents (by id hash) in 'val'")
+    val_fraction: float = Field(
+        0.01, ge=0.0, lt=1.0,
+        description="share of documents in 'val', chosen by a hash of each document's split key: meta "
+                    "'parent' when set (the pieces clean and collect cut from one document all land in "
+                    "its split), else its id; a document keeps its split when the corpus grows")
     dtype: Literal["auto", "uint16", "uint32"] = "auto"
     shard_tokens: int = Field(1 << 27, ge=1, description="a shard closes after the document reaching this")
     batch_docs: int = Field(1024, ge=1, description="most documents per encode batch")
@@ -200,6 +209,7 @@ class DocBatch:
     """Non-empty documents to encode together, and how many empty ones were skipped on the way."""
 
     ids: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # split key of each document (see `split_key`)
     texts: list[str] = field(default_factory=list)
     nbytes: list[int] = field(default_factory=list)  # UTF-8 bytes of each text
     empty: int = 0
@@ -208,14 +218,16 @@ class DocBatch:
 def read_doc_batches(store: Store, uris: list[str], batch_docs: int, batch_bytes: int) -> Iterator[DocBatch]:
     """Stream documents in batches of at most `batch_docs` docs or about `batch_bytes` of text."""
     batch, size = DocBatch(), 0
-    for rows in iter_batches(store, uris, batch_rows=READ_ROWS, columns=["id", "text"]):
+    for rows in iter_batches(store, uris, batch_rows=READ_ROWS, columns=["id", "text", "meta"]):
         texts = rows.column("text")
         nbytes = pc.binary_length(texts).to_pylist()
-        for doc_id, text, n in zip(rows.column("id").to_pylist(), texts.to_pylist(), nbytes):
+        metas = rows.column("meta").to_pylist()
+        for doc_id, text, n, meta in zip(rows.column("id").to_pylist(), texts.to_pylist(), nbytes, metas):
             if not text or text.isspace():
                 batch.empty += 1
                 continue
             batch.ids.append(doc_id or "")
+            batch.keys.append(split_key(doc_id or "", meta))
             batch.texts.append(text)
             batch.nbytes.append(n)
             size += n
@@ -231,9 +243,28 @@ def _unit_hash(doc_id: str, seed: int) -> float:
     return xxhash.xxh64_intdigest(doc_id.encode(), seed) / 2.0**64
 
 
-def split_of(doc_id: str, val_fraction: float) -> str:
-    """'val' or 'train' from a hash of the id alone: a document keeps its split when the corpus grows."""
-    return "val" if _unit_hash(doc_id, SPLIT_SEED) < val_fraction else "train"
+def split_key(doc_id: str, meta: str | None) -> str:
+    """What a document's split is drawn from: meta "parent" when set, else the document's own id.
+
+    Clean and collect cut long documents into pieces `<parent>-<k>` with `parent` in meta (UnitWriter.
+    keep_pieces); hashing the piece ids would put passages of one book in both splits, so validation
+    text would leak into training. Meta that is not a JSON object, or has no non-empty parent, means
+    the document is whole.
+    """
+    if not meta or '"parent"' not in meta:  # most documents: skip parsing their meta
+        return doc_id
+    try:
+        parsed = json.loads(meta)
+    except ValueError:
+        return doc_id
+    parent = parsed.get("parent") if isinstance(parsed, dict) else None
+    return str(parent) if parent not in (None, "") else doc_id
+
+
+def split_of(key: str, val_fraction: float) -> str:
+    """'val' or 'train' from a hash of the split key (see `split_key`) alone, so a document keeps its
+    split when the corpus grows and every piece of one parent document lands in the same split."""
+    return "val" if _unit_hash(key, SPLIT_SEED) < val_fraction else "train"
 
 
 def text_bytes_estimate(store: Store, uris: list[str]) -> int:
@@ -252,15 +283,16 @@ def text_bytes_estimate(store: Store, uris: list[str]) -> int:
 def training_texts(store: Store, uris: list[str], cfg: TokenizeConfig,
                    sample: dict[str, Any]) -> Iterator[str]:
     """Train-split documents, cut into pieces; above `max_train_bytes`, a sample chosen by id hash
-    spread over the whole corpus. Fills `sample` with what was used."""
+    spread over the whole corpus (sampled per document id, so a long book contributes some of its
+    pieces). Fills `sample` with what was used."""
     keep = 1.0
     if cfg.max_train_bytes:  # the train split holds about (1 - val_fraction) of the text
         train_estimate = text_bytes_estimate(store, uris) * (1.0 - cfg.val_fraction)
         keep = min(1.0, cfg.max_train_bytes / max(train_estimate, 1.0))
     sample.update(train_docs=0, train_bytes=0, train_sample_fraction=keep)
     for batch in read_doc_batches(store, uris, cfg.batch_docs, cfg.batch_bytes):
-        for doc_id, text, n in zip(batch.ids, batch.texts, batch.nbytes):
-            if split_of(doc_id, cfg.val_fraction) != "train" or _unit_hash(doc_id, SAMPLE_SEED) >= keep:
+        for doc_id, key, text, n in zip(batch.ids, batch.keys, batch.texts, batch.nbytes):
+            if split_of(key, cfg.val_fraction) != "train" or _unit_hash(doc_id, SAMPLE_SEED) >= keep:
                 continue
             if cfg.max_train_bytes and sample["train_bytes"] >= cfg.max_train_bytes:
                 return
@@ -335,8 +367,8 @@ class Packer:
         nbytes = dict.fromkeys(SPLITS, 0)
         eot = np.array([self.eot_id], dtype=self.dtype)
         first = 0
-        for doc_id, count, n in zip(batch.ids, piece_counts, batch.nbytes):
-            split = split_of(doc_id, self.val_fraction)
+        for key, count, n in zip(batch.keys, piece_counts, batch.nbytes):
+            split = split_of(key, self.val_fraction)
             doc = [np.array(e.ids, dtype=self.dtype) for e in encodings[first:first + count]]
             first += count
             arrays[split].extend(doc)
@@ -434,6 +466,10 @@ def check_previous(previous: PreviousTokens, *, sha: str, tokenizer_source: str,
     if index.get("val_fraction", cfg.val_fraction) != cfg.val_fraction:
         raise UserError(f"{where} split documents with val_fraction {index['val_fraction']}, this run has "
                         f"{cfg.val_fraction}; use the same value so every document keeps its split.")
+    if index.get("split_by", "id") != SPLIT_BY:
+        raise UserError(f"{where} split documents by {index.get('split_by', 'id')!r}, this version splits by "
+                        f"{SPLIT_BY!r} (meta parent, else id) so pieces of one document share a split; "
+                        "remove append_to to re-tokenize everything with the current rule.")
 
 
 def choose_dtype(vocab_size: int, cfg: TokenizeConfig, source: str,
@@ -583,6 +619,7 @@ def run_tokenize(upstream: list[StageResult], out_uri: str, cfg: TokenizeConfig,
     splits = {s: (previous.shards.get(s, []) if previous else []) + packer.shards[s] for s in SPLITS}
     extra = {"documents": sum(e["docs"] for shards in splits.values() for e in shards), "pad_id": pad_id,
              "eot_token": cfg.eot_token, "pad_token": cfg.pad_token, "val_fraction": cfg.val_fraction,
+             "split_by": SPLIT_BY,
              "appended_to": os.path.relpath(previous.index_path, tokens_dir) if previous else None}
     index = write_index(tokens_dir / "index.json", dtype=dtype, vocab_size=vocab_size, eot_id=eot_id,
                         tokenizer_sha256=sha, splits=splits, extra=extra)
@@ -594,4 +631,5 @@ def run_tokenize(upstream: list[StageResult], out_uri: str, cfg: TokenizeConfig,
 
 
 run_tokenize.key_inputs = tokenize_key_extra
+run_tokenize.code_deps = ("tasks.token_shards",)  # the shard format is part of what the stage produces
 tokenize_task = make_stage_task("tokenize", run_tokenize, retries=2)

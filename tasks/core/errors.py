@@ -11,3 +11,7 @@ class ConfigError(UserError):
 
 class StageNotImplemented(UserError):
     """A stage that has config but no implementation yet; reported as `not_implemented`."""
+
+
+class RunInterrupted(Exception):
+    """The run was asked to stop (SIGTERM) and saved its progress: rerun to resume, do not retry."""

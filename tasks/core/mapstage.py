@@ -70,8 +70,9 @@ class UnitWriter:
             self.keep(doc, pieces[0])
             return
         meta = _meta_dict(doc.get("meta"))
+        parent = meta.get("parent", doc["id"])  # a piece split again keeps its source document as parent
         for k, piece in enumerate(pieces):
-            self.docs.write(f"{doc['id']}-{k}", piece, doc["source"], meta | {"parent": doc["id"], "piece": k})
+            self.docs.write(f"{doc['id']}-{k}", piece, doc["source"], meta | {"parent": parent, "piece": k})
         self.account.keep(len(pieces))
 
     def drop(self, reason: str) -> None:

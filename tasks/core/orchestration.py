@@ -8,18 +8,20 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.core.config import StageConfig
-from tasks.core.errors import UserError
+from tasks.core.errors import RunInterrupted, UserError
 from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, StageFn, StagePlan, execute_stage
 
 TRANSIENT = (ConnectionError, TimeoutError, OSError)
+# OSErrors that a retry cannot fix: a path or permission mistake is the user's to correct
+NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
 def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
     """Retry network hiccups and preemption-like OS errors; never a user error or a bug."""
     try:
         state.result()
-    except UserError:
+    except (UserError, RunInterrupted, *NOT_TRANSIENT):
         return False
     except TRANSIENT:
         return True
@@ -29,10 +31,11 @@ def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
 
 
 def retry_unless_user_error(task_obj: Any, task_run: Any, state: Any) -> bool:
-    """For stages that resume from a checkpoint (training): any failure but a user error is worth a retry."""
+    """For stages that resume from a checkpoint (training): any failure but a user error or a requested
+    stop (SIGTERM: the checkpoint is written, the user reruns to resume) is worth a retry."""
     try:
         state.result()
-    except UserError:
+    except (UserError, RunInterrupted):
         return False
     except Exception:
         return True

@@ -5,7 +5,7 @@ import importlib.util
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, Field
 
@@ -20,10 +20,10 @@ log = logging.getLogger("llmpipe")
 class RunnerConfig(StageConfig):
     """Where shard-level work runs: `local` (threads feeding a process pool) or a `dask` cluster."""
 
-    kind: str = "local"  # local | dask
-    workers: int = 0  # processes for shard work; 0 = every core
+    kind: Literal["local", "dask"] = "local"
+    workers: int = Field(0, ge=0)  # processes for shard work; 0 = every core
     dask_address: str | None = None  # scheduler address; None with kind=dask starts a LocalCluster
-    dask_workers: int = 2  # LocalCluster size when no address is given
+    dask_workers: int = Field(2, ge=1)  # LocalCluster size when no address is given
 
 
 class RunContext(BaseModel):
@@ -97,6 +97,8 @@ def plan_stage(stage: str, fn: StageFn, cfg: StageConfig, upstream: list[StageRe
     deps = [importlib.util.find_spec(m).origin for m in getattr(fn, "code_deps", ())]  # no import: no torch
     code = code_version(fn, *deps)
     key_cfg = cfg.key_dict() | ({"_extra": extra_key} if extra_key else {})
+    if getattr(fn, "uses_pipeline_seed", False):
+        key_cfg["_pipeline_seed"] = ctx.seed
     key = stage_key(stage, key_cfg, inputs, code)
     uri = store.stage_dir(stage, key)
     return StagePlan(stage=stage, key=key, uri=uri, inputs=inputs, code=code, complete=store.is_complete(uri))

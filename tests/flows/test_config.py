@@ -131,3 +131,25 @@ def test_shipped_pipelines_validate(monkeypatch):
     assert "demo" in notes and "books" in notes
     _, demo = load_pipeline("demo")
     assert demo.collect.sources[0].kind == "demo"
+
+
+def test_set_after_source_and_on_list_items(cfile, tmp_path, monkeypatch):
+    data = tmp_path / "body.jsonl"
+    data.write_text('{"body": "x"}\n')
+    _, cfg = load_pipeline("base", cfile(), ["collect.sources.0.text_field=body"], sources=[str(data)])
+    assert cfg.collect.sources[0].text_field == "body" and cfg.collect.sources[0].path == str(data)
+    _, cfg = load_pipeline("base", cfile(), ["collect.sources[0].name=bracket"])
+    assert cfg.collect.sources[0].name == "bracket"
+    with pytest.raises(ConfigError, match=r"--set: pipeline 'base': collect\.sources\[0\]\.text_field"):
+        load_pipeline("base", cfile(), ["collect.sources.0.text_field=[1]"])
+
+
+def test_set_replaces_a_value_that_needs_an_unset_variable(cfile, monkeypatch):
+    monkeypatch.delenv("LLMPIPE_TEST_DATA", raising=False)
+    _, cfg = load_pipeline("env", cfile(), ["collect.sources.0.path=/given"])
+    assert cfg.collect.sources[0].path == "/given"
+
+
+def test_set_on_integer_keyed_mapping():
+    _, cfg = load_pipeline("demo", None, ["clean.repeated_ngrams.top_ngram_max_char_fraction.2=0.3"])
+    assert cfg.clean.repeated_ngrams.top_ngram_max_char_fraction[2] == 0.3

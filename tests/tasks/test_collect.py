@@ -1,6 +1,7 @@
 """The collect stage: every format, every bad-input case, incremental runs, URLs, hub datasets, demo text."""
 from __future__ import annotations
 
+import base64
 import gzip
 import http.server
 import json
@@ -12,6 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pydantic import ValidationError
+
+from tasks import sources
 from tasks.collect import CollectConfig, SourceConfig, run_collect, source_from_arg, split_text
 from tasks.core.docs import read_all
 from tasks.core.errors import UserError
@@ -83,15 +87,60 @@ def test_invalid_utf8_quarantined_when_configured(ctx, tmp_path):
     p.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
     result, docs = collect(ctx, tmp_path, p, invalid_utf8="quarantine")
     assert [d["text"] for d in docs] == ["fine"]
-    # a JSON line with invalid UTF-8 does not parse; it is quarantined with its line number
+    # the line is checked before it is parsed: invalid_utf8, with its line and its bytes
     recs = quarantine_records(result)
-    assert len(recs) == 1 and recs[0]["item"] == "bad.jsonl:2" and recs[0]["reason"] == "malformed_json"
+    assert [(r["item"], r["reason"], r["line"]) for r in recs] == [("bad.jsonl:2", "invalid_utf8", 2)]
+    assert base64.b64decode(recs[0]["raw_base64"]) == b'{"text": "caf\xe9"}\n'
     p2 = tmp_path / "bad2.txt"
     p2.write_bytes(b"caf\xe9 au lait")
     result2, docs2 = collect(ctx, tmp_path, p2, invalid_utf8="quarantine")
     assert docs2 == [] and result2.stats["quarantine_reasons"] == {"invalid_utf8": 1}
     rec = quarantine_records(result2)[0]
     assert rec["reason"] == "invalid_utf8" and "byte 3" in rec["detail"] and rec["raw_base64"]
+
+
+def test_invalid_utf8_in_jsonl_repaired_and_counted(ctx, tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9 au lait"}\n{"text": "also fine", "k": "\xff"}\n')
+    result, docs = collect(ctx, tmp_path, p)
+    assert [d["text"] for d in docs] == ["fine", "caf\ufffd au lait", "also fine"]
+    assert result.stats["counters"]["utf8_repaired"] == 2 and result.stats["quarantined"] == 0
+
+
+def test_csv_field_over_128_kib_is_read(ctx, tmp_path):
+    p = tmp_path / "big.csv"
+    big = "word " * 40_000  # 200 KB, over csv's default field limit
+    p.write_text(f"id,text\n1,\"{big}\"\n2,after\n")
+    result, docs = collect(ctx, tmp_path, p)
+    assert [d["text"] for d in docs] == [big, "after"] and result.stats["quarantined"] == 0
+
+
+def test_csv_parse_error_quarantines_the_rest_keeps_rows_before(ctx, tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "CSV_FIELD_LIMIT", 50)  # the error a cell over the limit raises
+    p = tmp_path / "x.csv"
+    p.write_text('id,text\n1,before\n2,"' + "x" * 60 + '\nstill in the quote"\n3,after\n4,end\n')
+    result, docs = collect(ctx, tmp_path, p)
+    assert [d["text"] for d in docs] == ["before"]
+    recs = quarantine_records(result)
+    assert [(r["item"], r["reason"], r["line"]) for r in recs] == [("x.csv:3", "malformed_csv", 3)]
+    assert "field larger than field limit" in recs[0]["detail"] and "lines 3-6" in recs[0]["detail"]
+    assert recs[0]["raw"].startswith('2,"xxx') and recs[0]["raw"].endswith("4,end\n")
+    assert result.stats["docs_in"] == 2
+
+
+def test_csv_invalid_utf8_repaired_per_row_or_quarantined(ctx, tmp_path):
+    p = tmp_path / "u.csv"
+    p.write_bytes(b'id,text\n1,caf\xe9\n2,"two\nlines \xff\xfe"\n3,clean\n\xff,clean too\n')
+    result, docs = collect(ctx, tmp_path, p)
+    assert [d["text"] for d in docs] == ["caf\ufffd", "two\nlines \ufffd\ufffd", "clean", "clean too"]
+    assert json.loads(docs[3]["meta"])["id"] == "\ufffd"
+    assert result.stats["counters"]["utf8_repaired"] == 3  # rows, not bytes or cells
+    result2, docs2 = collect(ctx, tmp_path, p, invalid_utf8="quarantine")
+    assert [d["text"] for d in docs2] == ["clean"]
+    recs = quarantine_records(result2)
+    assert [(r["item"], r["line"]) for r in recs] == [("u.csv:2", 2), ("u.csv:3", 3), ("u.csv:5", 6)]
+    assert {r["reason"] for r in recs} == {"invalid_utf8"}
+    assert base64.b64decode(recs[1]["raw_base64"]) == b'2,"two\nlines \xff\xfe"\n'
 
 
 def test_malformed_jsonl_lines_quarantined_rest_kept(ctx, tmp_path):
@@ -124,6 +173,28 @@ def test_missing_field_is_a_clear_error(ctx, tmp_path):
         collect(ctx, tmp_path, p)
 
 
+def test_missing_field_is_judged_per_source_not_per_unit(ctx, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    # a.jsonl alone fills a 1 MB unit, so b.jsonl is a unit of its own
+    (d / "a.jsonl").write_text(json.dumps({"body": "x" * 1_100_000}) + "\n")
+    (d / "b.jsonl").write_text('{"text": "has it"}\n')
+    result, docs = collect(ctx, tmp_path, d, unit_mb=1)
+    assert result.stats["units"] == 2 and [x["text"] for x in docs] == ["has it"]
+    assert result.stats["quarantine_reasons"] == {"missing_field": 1}
+    (d / "b.jsonl").write_text('{"body": "not it"}\n')
+    with pytest.raises(UserError, match=r"no record has the field 'text' \(first: a.jsonl:1\).*"
+                                        r"collect.sources\[0\].text_field"):
+        collect(ctx, tmp_path, d, unit_mb=1)
+
+
+def test_limits_must_be_positive():
+    for bad in ({"unit_mb": 0}, {"max_docs": 0}, {"max_docs": -1}):
+        with pytest.raises(ValidationError):
+            CollectConfig(**bad)
+    assert CollectConfig(max_docs=1, unit_mb=1).max_docs == 1
+
+
 def test_some_records_missing_field_are_quarantined(ctx, tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_text('{"text": "a"}\n{"body": "b"}\n')
@@ -139,9 +210,9 @@ def test_missing_column_is_a_clear_error(ctx, tmp_path):
 
 
 def test_missing_path_is_a_clear_error(ctx, tmp_path):
-    with pytest.raises(UserError, match=r"path '.*nope.jsonl' does not exist"):
+    with pytest.raises(UserError, match=r"collect.sources\[0\].path \(s\) '.*nope.jsonl' does not exist"):
         collect(ctx, tmp_path, tmp_path / "nope.jsonl")
-    with pytest.raises(UserError, match="matches no files"):
+    with pytest.raises(UserError, match=r"collect.sources\[0\].path \(s\) '.*' matches no files"):
         collect(ctx, tmp_path, tmp_path / "*.jsonl")
 
 
@@ -204,6 +275,19 @@ def test_incremental_collects_only_new_or_changed(ctx, tmp_path):
     assert plain.stats["docs_out"] == 3
 
 
+def test_incremental_history_survives_a_full_run(ctx, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in "abc":
+        (d / f"{name}.txt").write_text(f"document {name}")
+    first, _ = collect(ctx, tmp_path, d, incremental=True)
+    assert first.stats["new_docs"] == 3
+    subset, _ = collect(ctx, tmp_path, d / "a.txt")  # a full run on part of the corpus
+    assert subset.stats["docs_out"] == 1 and subset.stats["ledger_generation"] == 2
+    again, docs = collect(ctx, tmp_path, d, incremental=True)
+    assert docs == [] and again.stats["new_docs"] == 0 and again.stats["dropped"] == {"already_collected": 3}
+
+
 def test_max_docs_caps_in_source_order(ctx, tmp_path):
     p = tmp_path / "n.jsonl"
     p.write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(20)))
@@ -218,13 +302,28 @@ def test_demo_source_needs_no_download(ctx):
     assert len(docs) == 30 and all(x["text"].strip() for x in docs)
 
 
-def test_source_from_arg_kinds(tmp_path):
+def test_source_from_arg_kinds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert source_from_arg("demo", 0).kind == "demo"
     assert source_from_arg("https://x.org/a.txt", 0).kind == "url"
     assert source_from_arg(str(tmp_path), 0).kind == "files"
     assert source_from_arg("./data/*.jsonl", 0).kind == "files"
-    assert source_from_arg("nyu-mll/glue", 0).kind == "hub"
+    assert source_from_arg("nyu-mll/glue", 0).kind == "hub"  # org/name, not here: the hub
     assert source_from_arg("hf://org/name", 0).dataset == "org/name"
+    assert source_from_arg("hf://imdb", 0).dataset == "imdb"
+    # no "/", a trailing "/", deeper paths or a file extension: local paths, even when missing
+    for arg in ("imdb", "corpus/", "a/b/c", "org/name.jsonl"):
+        assert source_from_arg(arg, 0).path == arg, arg
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "name").mkdir()
+    assert source_from_arg("org/name", 0).kind == "files"  # org/name that exists here: the directory
+
+
+def test_missing_bare_name_suggests_hub_syntax(ctx, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = CollectConfig(sources=[source_from_arg("imdb", 1)])
+    with pytest.raises(UserError, match=r"collect.sources\[0\].path \(cli-1\) 'imdb' does not exist.*hf://imdb"):
+        run_stage("collect", run_collect, cfg, [], ctx)
 
 
 # --- URLs ----------------------------------------------------------------------------------------------------

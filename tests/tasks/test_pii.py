@@ -7,6 +7,7 @@ import logging
 import random
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
@@ -88,12 +89,38 @@ def _pii_docs(n: int, prefix: str = "d") -> list[dict]:
     return docs
 
 
-def _expected_counts(docs: list[dict]) -> dict[str, int]:
+def _plant_in_meta(docs: list[dict], shard: int) -> None:
+    """Give every fourth document meta holding planted values (nested, as source fields can be)."""
+    kinds = list(PLANTED)
+    for j, d in enumerate(docs):
+        if j % 4 == 1:
+            d["meta"] = {"n": shard, "contact": PLANTED[kinds[(j + shard) % len(kinds)]],
+                         "history": [{"note": f"call {PLANTED['PHONE_NUMBER']} after six"}, 7],
+                         "license": "public domain"}
+
+
+def _planted_in(d: dict, meta_only: bool = False) -> dict[str, int]:
+    """How often each planted value occurs in a document's text and meta (or its meta alone)."""
+    where = ("" if meta_only else d["text"]) + json.dumps(d.get("meta", {}), ensure_ascii=False)
+    return {e: where.count(v) for e, v in PLANTED.items() if v in where}
+
+
+def _expected_counts(docs: list[dict], meta_only: bool = False) -> dict[str, int]:
     counts: dict[str, int] = {}
     for d in docs:
-        for entity, value in PLANTED.items():
-            counts[entity] = counts.get(entity, 0) + d["text"].count(value)
-    return {k: v for k, v in counts.items() if v}
+        for entity, n in _planted_in(d, meta_only).items():
+            counts[entity] = counts.get(entity, 0) + n
+    return counts
+
+
+def _parquet_strings(files: list[str]) -> str:
+    """Every cell of every column of the docs shards, and their key-value metadata, as one string."""
+    parts = []
+    for f in files:
+        parquet = pq.ParquetFile(f)
+        parts.append(repr(parquet.metadata.metadata))
+        parts.append(json.dumps(parquet.read().to_pylist(), ensure_ascii=False))
+    return "".join(parts)
 
 
 # ------------------------------------------------------------------------------------- detection
@@ -182,6 +209,8 @@ def test_config_errors_say_what_and_where(monkeypatch):
         PiiEngine(PiiConfig(nlp_model=None, operators={"URL": OperatorSpec(type="redact")}))
     with pytest.raises(ValidationError, match="only applies to type 'replace'"):
         OperatorSpec(type="mask", new_value="x")
+    with pytest.raises(ValidationError, match="workers"):  # runner.workers sizes the executor, not pii
+        PiiConfig(workers=2)
     monkeypatch.delenv("LLMPIPE_PII_SALT", raising=False)
     with pytest.raises(UserError, match="LLMPIPE_PII_SALT"):
         PiiEngine(PiiConfig(nlp_model=None, default_operator=OperatorSpec(type="hash")))
@@ -294,8 +323,11 @@ def test_stage_anonymizes_counts_and_leaks_nothing(tmp_path, monkeypatch, caplog
     caplog.set_level(logging.DEBUG)
     ner = spacy_model_available(NER_MODEL)
     shards = [_pii_docs(9, "a"), _pii_docs(7, "b")]
+    for i, docs in enumerate(shards):
+        _plant_in_meta(docs, i)
     if ner:
         shards[1][0]["text"] += " Yesterday Barack Obama flew to Paris."
+        shards[0][0]["meta"] = {"n": 0, "author": "Mary Shelley"}
     cfg = PiiConfig(nlp_model=NER_MODEL if ner else None, operators={"US_SSN": OperatorSpec(type="hash")})
     result = run_stage("pii", run_pii, cfg, [_upstream(tmp_path, shards)], _ctx(tmp_path))
 
@@ -304,7 +336,10 @@ def test_stage_anonymizes_counts_and_leaks_nothing(tmp_path, monkeypatch, caplog
     assert stats["balanced"] and stats["quarantined"] == 0
     expected = _expected_counts(all_docs)
     assert {k: v for k, v in stats["entity_counts"].items() if k in PLANTED} == expected
-    assert stats["docs_with_pii"] >= sum(expected.values())
+    in_meta = _expected_counts(all_docs, meta_only=True)
+    assert in_meta and stats["meta_spans"] == sum(in_meta.values()) + ner  # + the author's name
+    assert stats["docs_with_meta_pii"] == sum("contact" in d.get("meta", {}) for d in all_docs) + ner
+    assert stats["docs_with_pii"] >= sum(bool(_planted_in(d)) for d in all_docs)
     assert stats["spans_per_doc"]["0"] + sum(v for k, v in stats["spans_per_doc"].items() if k != "0") == 16
     report = json.loads(Path(result.uri, "report.json").read_text())
     assert report["entity_counts"] == stats["entity_counts"] and report["ner_enabled"] == stats["ner_enabled"]
@@ -314,14 +349,16 @@ def test_stage_anonymizes_counts_and_leaks_nothing(tmp_path, monkeypatch, caplog
     for d in all_docs:
         meta = json.loads(out[d["id"]]["meta"])
         assert meta["n"] in (0, 1)  # upstream meta is kept
-        planted = {e: 1 for e, v in PLANTED.items() if v in d["text"]}
-        assert {e: n for e, n in meta.get("pii", {}).items() if e in PLANTED} == planted
+        assert {e: n for e, n in meta.get("pii", {}).items() if e in PLANTED} == _planted_in(d)
+        if "contact" in d.get("meta", {}):  # the meta values around the anonymized ones are kept
+            assert meta["license"] == "public domain" and meta["history"][1] == 7
+            assert meta["history"][0]["note"].startswith("call ") and meta["contact"] != d["meta"]["contact"]
         if not meta.get("pii"):
             assert out[d["id"]]["text"] == d["text"]
 
     # the values, their digits without separators, the name, and the salt
     secrets = list(PLANTED.values()) + [v.replace(" ", "").replace("-", "") for v in PLANTED.values()]
-    secrets += [SALT] + (["Barack Obama"] if ner else [])
+    secrets += [SALT] + (["Barack Obama", "Mary Shelley"] if ner else [])
     files = _stage_files_except_docs(result.uri)
     leaks = {name: s for name, text in files.items() for s in secrets if s in text}
     assert not leaks
@@ -329,6 +366,64 @@ def test_stage_anonymizes_counts_and_leaks_nothing(tmp_path, monkeypatch, caplog
     assert not [s for s in secrets if s in logged]
     docs_text = "".join(d["text"] + d["meta"] for d in out.values())
     assert not [s for s in secrets if s in docs_text]
+    # the whole docs output, every column and the files' metadata, not just what read_all returns
+    whole = _parquet_strings(result.files("docs"))
+    assert "public domain" in whole and not [s for s in secrets if s in whole]
+    raw = b"".join(Path(f).read_bytes() for f in result.files("docs"))
+    assert not [s for s in secrets if s.encode() in raw]
+
+
+def test_pii_in_meta_is_anonymized_like_text(tmp_path):
+    ner = spacy_model_available(NER_MODEL)  # without the model the name stays; email and phone still go
+    meta = {"contact": "person0@example.com", "author": "Jane Roe",
+            "sources": [{"phone": "call (415) 867-5309 today"}, {"year": 1818}], "license": "CC0",
+            "pages": 12, "public": True}
+    text = "The rain had not stopped since Tuesday.\r\nNobody remembered the old mill."
+    docs = [{"id": "m1", "text": text, "meta": meta}, {"id": "m2", "text": "No one here.", "meta": {"n": 1}}]
+    cfg = PiiConfig(nlp_model=NER_MODEL if ner else None)
+    result = run_stage("pii", run_pii, cfg, [_upstream(tmp_path, [docs])], _ctx(tmp_path))
+    out = {d["id"]: d for d in read_all(Store(result.uri), result.files("docs"))}
+    assert out["m1"]["text"] == text  # nothing in the text: byte for byte as it came
+    counts = {"EMAIL_ADDRESS": 1, "PHONE_NUMBER": 1} | ({"PERSON": 1} if ner else {})
+    assert json.loads(out["m1"]["meta"]) == {
+        "contact": "<EMAIL_ADDRESS>", "author": "<PERSON>" if ner else "Jane Roe",
+        "sources": [{"phone": "call <PHONE_NUMBER> today"}, {"year": 1818}], "license": "CC0",
+        "pages": 12, "public": True, "pii": counts}
+    assert out["m2"]["meta"] == json.dumps({"n": 1})  # meta without PII is not rewritten
+    whole = _parquet_strings(result.files("docs"))
+    assert not [v for v in ["person0@example.com", "867-5309"] + ["Jane Roe"] * ner if v in whole]
+    stats, n = result.stats, sum(counts.values())
+    assert stats["meta_spans"] == stats["pii_spans"] == n and stats["docs_with_meta_pii"] == 1
+    assert stats["entity_counts"] == counts
+    assert stats["docs_with_pii"] == 1 and stats["spans_per_doc"] == {"0": 1, "2-4": 1}
+    assert json.loads(Path(result.uri, "report.json").read_text())["meta_spans"] == n
+
+
+def test_meta_strings_are_replaced_in_order():
+    meta = {"a": "x", "b": [1, "y", {"c": "z", "d": None}], "e": {"f": ["w"]}, "g": 2.5}
+    assert pii.meta_strings(meta) == ["x", "y", "z", "w"]
+    assert pii.replace_strings(meta, iter("XYZW")) == {"a": "X", "b": [1, "Y", {"c": "Z", "d": None}],
+                                                       "e": {"f": ["W"]}, "g": 2.5}
+    assert pii.parse_meta("not json") == "not json" and pii.parse_meta(None) == {} == pii.parse_meta("")
+    assert pii.with_pii_counts("not json", {"B": 1, "A": 2}) == {"meta": "not json", "pii": {"A": 2, "B": 1}}
+
+
+def test_a_meta_value_that_fails_quarantines_its_document(tmp_path, monkeypatch):
+    cfg = PiiConfig(nlp_model=None)
+    engine = pii.get_engine(cfg)
+    real_detect = engine.detect
+
+    def flaky(text, ner_spans=()):
+        if "POISON" in text:
+            raise RuntimeError(f"cannot analyze {text!r}")
+        return real_detect(text, ner_spans)
+
+    monkeypatch.setattr(engine, "detect", flaky)
+    docs = [{"id": "ok", "text": "fine", "meta": {"note": "fine too"}},
+            {"id": "bad", "text": "fine", "meta": {"note": f"POISON {PLANTED['EMAIL_ADDRESS']}"}}]
+    result = run_stage("pii", run_pii, cfg, [_upstream(tmp_path, [docs])], _ctx(tmp_path))
+    assert result.stats["quarantined"] == 1 and result.stats["docs_out"] == 1
+    assert [d["id"] for d in read_all(Store(result.uri), result.files("docs"))] == ["ok"]
 
 
 def test_stage_without_ner_warns_loudly(tmp_path, caplog):
@@ -401,9 +496,8 @@ def test_resume_after_a_kill_redoes_only_unfinished_shards(tmp_path, monkeypatch
 @pytest.mark.slow  # two worker processes import prefect and presidio: ~10 s on a busy 2-core machine
 def test_stage_runs_on_a_process_pool(tmp_path):
     shards = [_pii_docs(6, "a"), _pii_docs(6, "b")]
-    upstream, cfg = _upstream(tmp_path, shards), PiiConfig(nlp_model=None, workers=2)
-    pooled = run_stage("pii", run_pii, cfg, [upstream], _ctx(tmp_path))
-    serial_cfg = cfg.model_copy(update={"workers": 1})
-    serial = run_stage("pii", run_pii, serial_cfg, [upstream], _ctx(tmp_path / "s"))
+    upstream, cfg = _upstream(tmp_path, shards), PiiConfig(nlp_model=None)
+    pooled = run_stage("pii", run_pii, cfg, [upstream], _ctx(tmp_path, workers=2))  # runner.workers only
+    serial = run_stage("pii", run_pii, cfg, [upstream], _ctx(tmp_path / "s", workers=1))
     texts = lambda r: {d["id"]: d["text"] for d in read_all(Store(r.uri), r.files("docs"))}  # noqa: E731
     assert texts(pooled) == texts(serial) and pooled.stats["entity_counts"] == serial.stats["entity_counts"]

@@ -22,6 +22,7 @@ from tasks.pretrain_loop import (
     phrase_tokens,
     total_steps_for,
     train,
+    unigram_baselines,
     unigram_entropy,
     write_token_index,
 )
@@ -89,6 +90,9 @@ def test_unigram_entropy(tmp_path):
     tokens = np.tile(np.arange(4), 1000)
     idx = write_token_index(tmp_path, tokens, tokens, vocab_size=10)
     assert unigram_entropy(idx, "val") == pytest.approx(math.log(4))
+    base = unigram_baselines(idx)
+    assert base["val_unigram_entropy_nats"] == pytest.approx(math.log(4))
+    assert base["val_unigram_baseline_nats"] >= base["val_unigram_entropy_nats"]  # cross-entropy >= entropy
 
 
 def test_loss_falls_below_the_unigram_entropy(index, tmp_path):
@@ -99,6 +103,8 @@ def test_loss_falls_below_the_unigram_entropy(index, tmp_path):
     losses = [r["loss"] for r in records if "loss" in r]
     assert losses[-1] < losses[0] - 2
     assert summary["val_loss"] < summary["val_unigram_entropy_nats"] - 1.0
+    assert summary["val_loss"] < summary["val_unigram_baseline_nats"] - 1.0
+    assert summary["unigram_entropy_nats"] > 0
     assert summary["val_below_unigram"] is True and summary["steps"] == 120
     assert summary["tokens"] == 120 * 4 * 32 and summary["tokens_per_s"] > 0
     model = load_pretrained(tmp_path / "model")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from tasks.tokenizer import (
     new_tokenizer,
     publish_stats_artifact,
     run_tokenize,
+    split_key,
     split_of,
     stats_table,
     tokenize_key_extra,
@@ -69,11 +71,11 @@ def make_docs(n: int, seed: int, prefix: str = "d") -> list[tuple[str, str]]:
 
 
 def write_upstream(root: Path, name: str, docs: list[tuple[str, str]],
-                   max_bytes: int = 128 << 20) -> StageResult:
+                   max_bytes: int = 128 << 20, metas: dict[str, dict] | None = None) -> StageResult:
     out = root / name
     with DocWriter(Store(root), str(out), "part", max_bytes=max_bytes, batch_rows=64) as writer:
         for doc_id, text in docs:
-            writer.write(doc_id, text, "test", {})
+            writer.write(doc_id, text, "test", (metas or {}).get(doc_id, {}))
     return StageResult(stage="collect", key=name, uri=str(out), outputs={"docs": writer.files}, digest=name)
 
 
@@ -227,6 +229,41 @@ def test_split_is_stable_when_the_corpus_grows(tmp_path, corpus, packed):
     assert 0.1 < len(after["val"]) / len(more) < 0.3  # val_fraction 0.2, by id hash
 
 
+def test_split_key_is_the_parent_when_there_is_one():
+    assert split_key("book-3", json.dumps({"parent": "book", "piece": 3})) == "book"
+    assert split_key("d1", "{}") == split_key("d1", None) == split_key("d1", "") == "d1"
+    assert split_key("d1", json.dumps({"parent": ""})) == "d1"  # no parent named
+    assert split_key("d1", json.dumps({"info": {"parent": "x"}})) == "d1"  # only the top-level key counts
+    assert split_key("d1", '"parent" but not JSON') == "d1"
+    assert split_key("d1", json.dumps(["parent"])) == "d1"
+
+
+def test_pieces_of_one_parent_share_a_split(tmp_path, corpus, packed):
+    rng = random.Random(11)
+    docs, metas = [], {}
+    for p in range(40):  # 40 books of 5 pieces each, as clean/collect's keep_pieces write them
+        for k in range(5):
+            doc_id = f"book{p}-{k}"
+            docs.append((doc_id, f"{doc_id}: " + " ".join(rng.choice(WORDS) for _ in range(30))))
+            metas[doc_id] = {"parent": f"book{p}", "piece": k, "source_file": "b.txt"}
+    whole = make_docs(100, seed=12, prefix="w")
+    upstream = write_upstream(tmp_path, "pieces", docs + whole, metas=metas)
+    result = tokenize(tmp_path, upstream, val_fraction=0.3, tokenizer_file=packed.files("tokenizer")[0])
+    split_of_text = {text: split for split, texts in decoded_docs(result).items() for text in texts}
+    assert len(split_of_text) == len(docs) + len(whole)
+    books: dict[str, set[str]] = {}
+    for doc_id, text in docs:
+        books.setdefault(metas[doc_id]["parent"], set()).add(split_of_text[text])
+    assert all(len(splits) == 1 for splits in books.values())  # no book has passages in both splits
+    assert {split_of(parent, 0.3) for parent in books} == {"train", "val"}  # both splits got whole books
+    assert all(splits == {split_of(parent, 0.3)} for parent, splits in books.items())
+    assert [split_of_text[t] for _, t in whole] == [split_of(i, 0.3) for i, _ in whole]  # by id, as before
+    # the training sample never sees a passage of a validation book
+    cfg = TokenizeConfig(val_fraction=0.3)
+    seen = "".join(training_texts(Store(tmp_path), upstream.files("docs"), cfg, {}))
+    assert not [t for i, t in docs if split_of(metas[i]["parent"], 0.3) == "val" and t in seen]
+
+
 def test_training_reads_the_train_split_only_and_respects_the_sample_cap(corpus):
     root, docs, upstream = corpus
     store, cfg, sample = Store(root), TokenizeConfig(val_fraction=0.2), {}
@@ -276,6 +313,15 @@ def test_append_refuses_another_tokenizer_or_split(tmp_path, corpus, packed):
                  tokenizer_file=str(tmp_path / "other.json"))
     with pytest.raises(UserError, match="val_fraction"):
         tokenize(tmp_path, upstream, val_fraction=0.1, append_to=index)
+    # a copy of the run whose index says it was written before splits followed meta parents
+    shutil.copytree(Path(index).parent, tmp_path / "old" / "tokens")
+    shutil.copyfile(packed.files("tokenizer")[0], tmp_path / "old" / "tokenizer.json")
+    old_index = tmp_path / "old" / "tokens" / "index.json"
+    old_rule = json.loads(old_index.read_text())
+    assert old_rule.pop("split_by") == "parent_or_id"
+    old_index.write_text(json.dumps(old_rule))
+    with pytest.raises(UserError, match="split documents by 'id'"):
+        tokenize(tmp_path, upstream, val_fraction=0.2, append_to=str(old_index))
     with pytest.raises(UserError, match="does not exist"):
         tokenize(tmp_path, upstream, append_to=str(tmp_path / "nope" / "index.json"))
 
