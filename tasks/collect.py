@@ -352,8 +352,9 @@ def _merge_ledgers(store: Store, out_uri: str, previous: str | None, unit_ledger
 # --- the stage ---------------------------------------------------------------------------------------
 
 def collect_key(cfg: CollectConfig, ctx: RunContext) -> dict[str, Any]:
-    """Extra key inputs: what the sources hold now, and (incremental) which ledger they are compared to."""
-    extra: dict[str, Any] = {"sources": stable_hash(fingerprint(cfg), 24)}
+    """Extra key inputs: what the sources hold now, whose ledger history the output joins (the scope),
+    and (incremental) which ledger they are compared to."""
+    extra: dict[str, Any] = {"sources": stable_hash(fingerprint(cfg), 24), "scope": _scope(ctx)}
     if cfg.incremental:
         ledger = latest_ledger(ctx.open_store(), _scope(ctx))
         extra["ledger"] = ledger and ctx.open_store().file_digest(ledger)
