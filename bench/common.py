@@ -47,14 +47,15 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def run_measured(args: list[str], env: dict | None = None) -> tuple[dict, float, float]:
-    """Run `python -m ...args` in a subprocess that prints one JSON line last; returns (json, seconds, peak MB)."""
+def measure(cmd: list[str], env: dict | None = None, capture: bool = False) -> tuple[float, float, str]:
+    """Run a command from the repo root; returns (wall seconds, peak RSS of its process tree in MB, stdout
+    if captured). Raises if it fails."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True, cwd=REPO,
-                            env=dict(os.environ, **(env or {})))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, **(env or {})),
+                            stdout=subprocess.PIPE if capture else None, text=True)
     peak = [0.0]
 
-    def sample():
+    def sample() -> None:
         while proc.poll() is None:
             peak[0] = max(peak[0], tree_rss_mb(proc.pid))
             time.sleep(0.05)
@@ -64,5 +65,11 @@ def run_measured(args: list[str], env: dict | None = None) -> tuple[dict, float,
     out, _ = proc.communicate()
     t.join()
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed with exit code {proc.returncode}")
-    return json.loads(out.strip().splitlines()[-1]), time.perf_counter() - start, peak[0]
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
+    return time.perf_counter() - start, peak[0], out or ""
+
+
+def run_measured(args: list[str], env: dict | None = None) -> tuple[dict, float, float]:
+    """Run `python ...args` in a subprocess that prints one JSON line last; returns (json, seconds, peak MB)."""
+    wall, peak, out = measure([sys.executable, *args], env, capture=True)
+    return json.loads(out.strip().splitlines()[-1]), wall, peak

@@ -16,51 +16,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, shared_data, tree_rss_mb
+from bench.common import measure, shared_data
 
 
 def corpus_run(data: Path, store: Path, workers: int) -> dict[str, Any]:
     """`llmpipe run books --until collect`, then `--until pii` on the same store (collect cached)."""
-    env = dict(os.environ, LLMPIPE_DATA=str(data))
+    env = {"LLMPIPE_DATA": str(data)}
     figures: dict[str, Any] = {}
     for until in ("collect", "pii"):
         summary = store / f"summary-{until}.json"
         cmd = [sys.executable, "-m", "flows.cli", "run", "books", "--until", until, "--set", f"store={store}",
                "--set", f"runner.workers={workers}", "--summary", str(summary)]
-        wall, peak = _measure(cmd, env)
+        wall, peak, _ = measure(cmd, env)
         s = json.loads(summary.read_text())
         stages = {name: {"status": e["status"], "seconds": e["seconds"], "docs_in": e["stats"].get("docs_in"),
                          "docs_out": e["stats"].get("docs_out"), "rows_out": e["stats"].get("rows_out"),
                          "dropped": e["stats"].get("dropped")} for name, e in s["stages"].items()}
         figures[until] = {"wall_s": wall, "peak_rss_mb": peak, "stages": stages}
     return figures
-
-
-def _measure(cmd: list[str], env: dict) -> tuple[float, float]:
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
-    peak = [0.0]
-
-    def sample() -> None:
-        while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss_mb(proc.pid))
-            time.sleep(0.1)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    if proc.wait() != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
-    t.join()
-    return time.perf_counter() - start, peak[0]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.generate import generate, speculative_generate
+from models.generate import SpeculativeStats, generate, speculative_generate
 from models.gpt import GPT
 from tasks.pretrain_loop import TrainConfig, Trainer, peak_flops, phrase_tokens, write_token_index
 
@@ -240,7 +240,7 @@ def run_generation(bench: Bench, trained: dict[str, Any]) -> None:
     generate(model, prompts[0], 8)  # warm up kernels and allocator
     speculative_generate(model, prompts[0], 8)
     greedy_s = spec_s = 0.0
-    identical, first_mismatch, forwards, accepted, drafted = 0, None, 0, 0, 0
+    identical, first_mismatch, total_stats = 0, None, SpeculativeStats()
     for i, prompt in enumerate(prompts):
         sync()
         t0 = time.perf_counter()
@@ -255,16 +255,16 @@ def run_generation(bench: Bench, trained: dict[str, Any]) -> None:
         identical += same
         if not same and first_mismatch is None:
             first_mismatch = {"prompt": i, "position": int((greedy != spec).nonzero()[0, 1]) - a.prompt_len}
-        forwards += stats.forwards
-        accepted += stats.accepted
-        drafted += stats.drafted
+        total_stats.forwards += stats.forwards
+        total_stats.accepted += stats.accepted
+        total_stats.drafted += stats.drafted
     total = new_tokens * len(prompts)
     out = {"prompts": len(prompts), "new_tokens_each": new_tokens,
            "precision": "fp32 (TF32 off)",
            "greedy_tokens_per_s": round(total / greedy_s, 1),
            "speculative_tokens_per_s": round(total / spec_s, 1),
-           "speedup": round(greedy_s / spec_s, 3), "acceptance_rate": round(accepted / max(drafted, 1), 3),
-           "tokens_per_forward": round((accepted + forwards) / max(forwards, 1), 3),
+           "speedup": round(greedy_s / spec_s, 3), "acceptance_rate": round(total_stats.acceptance_rate, 3),
+           "tokens_per_forward": round(total_stats.tokens_per_forward, 3),
            "identical_outputs": f"{identical}/{len(prompts)}", "first_mismatch": first_mismatch}
     bench.results["generation"] = out
     print(f"  greedy {out['greedy_tokens_per_s']} tok/s, speculative {out['speculative_tokens_per_s']} tok/s "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from tasks.core.result import StageResult
@@ -21,7 +22,7 @@ def account_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def stage_artifact(stage: str, result: StageResult) -> None:
-    """Tables of what a stage did; skipped quietly outside a Prefect run."""
+    """Tables of what a stage did (and the loss curve); skipped quietly outside a Prefect run."""
     try:
         from prefect.artifacts import create_table_artifact
     except ImportError:
@@ -43,6 +44,15 @@ def stage_artifact(stage: str, result: StageResult) -> None:
                               description="pii: detected entities (counts only, never values)")
         create_markdown_artifact(markdown=pii_report_markdown(stats), key="pii-report",
                                  description="pii: NER status, account and entity counts")
+    if stage == "tokenize":
+        from tasks.tokenizer import publish_stats_artifact
+
+        publish_stats_artifact(stats)
+    if stage == "pretrain":
+        from tasks.pretrain import publish_artifact
+
+        curve = result.files("loss_curve")
+        publish_artifact(stats, Path(curve[0]) if curve else None)
 
 
 def summary_artifact(summary: dict[str, Any]) -> None:

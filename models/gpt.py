@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -233,13 +232,3 @@ class GPT(nn.Module):
         blocks = cfg.n_layer - 1 + cfg.n_future
         matmul_params = blocks * block + cfg.n_future * cfg.vocab_size * cfg.n_embd
         return 6 * matmul_params + 12 * blocks * seq_len * cfg.n_embd
-
-    def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """Weight decay on matrices (and embeddings), none on norm gains."""
-        decay = [p for p in self.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.dim() < 2]
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-    def output_params(self) -> list[nn.Parameter]:
-        """Parameters the heads use after the trunk: every head and the (maybe tied) unembedding."""
-        return [*self.heads.parameters(), self.lm_head.weight]

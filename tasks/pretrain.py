@@ -147,7 +147,6 @@ def run_pretrain(upstream: list[StageResult], out_uri: str, cfg: PretrainConfig,
 
         summary = train(train_cfg, emit=emit)
     png = write_loss_curve(out_dir)
-    publish_artifact(summary, png)
     outputs = {"model": "model/model.safetensors", "model_config": "model/config.json",
                "model_metrics": "model/metrics.json", "lineage": "model/lineage.json",
                "metrics": "metrics.jsonl", "run_config": "run.json"}

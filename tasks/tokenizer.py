@@ -624,7 +624,6 @@ def run_tokenize(upstream: list[StageResult], out_uri: str, cfg: TokenizeConfig,
     index = write_index(tokens_dir / "index.json", dtype=dtype, vocab_size=vocab_size, eot_id=eot_id,
                         tokenizer_sha256=sha, splits=splits, extra=extra)
     stats = tokenize_stats(account, packer, tok_info=tok_info, index=index, pack_seconds=pack_seconds)
-    publish_stats_artifact(stats)
     new_files = [f"tokens/{e['file']}" for s in SPLITS for e in packer.shards[s]]
     outputs = {"tokenizer": "tokenizer.json", "index": "tokens/index.json", "tokens": new_files}
     return StageOutput(outputs=outputs, stats=stats)

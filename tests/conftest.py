@@ -59,3 +59,15 @@ def make_docs_result(tmp_path: Path, docs: list[dict], name: str = "up"):
             w.write(d["id"], d["text"], d.get("source", "test"), d.get("meta"))
     return StageResult(stage="upstream", key=name, uri=store.root, outputs={"docs": [f"docs/{f}" for f in w.files]},
                        digest=f"digest-{name}")
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine every parallel region
+    of a small op waits for a descheduled thread; one thread is also deterministic."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

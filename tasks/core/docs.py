@@ -129,14 +129,6 @@ def iter_docs(store: Store, uris: Iterable[str], batch_rows: int = 1024) -> Iter
         yield from batch.to_pylist()
 
 
-def count_rows(store: Store, uris: Iterable[str]) -> int:
-    total = 0
-    for uri in uris:
-        with store.open(uri, "rb") as f:
-            total += pq.ParquetFile(f).metadata.num_rows
-    return total
-
-
 def read_all(store: Store, uris: Iterable[str]) -> list[dict[str, Any]]:
     """Every document in memory: for tests and small fixtures only."""
     return list(iter_docs(store, uris))

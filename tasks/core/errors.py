@@ -9,9 +9,5 @@ class ConfigError(UserError):
     """A pipelines.yaml problem; the message names the file and the key path."""
 
 
-class StageNotImplemented(UserError):
-    """A stage that has config but no implementation yet; reported as `not_implemented`."""
-
-
 class RunInterrupted(Exception):
     """The run was asked to stop (SIGTERM) and saved its progress: rerun to resume, do not retry."""

@@ -17,29 +17,26 @@ TRANSIENT = (ConnectionError, TimeoutError, OSError)
 NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
-def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
-    """Retry network hiccups and preemption-like OS errors; never a user error or a bug."""
+def _raised(state: Any) -> Exception | None:
+    """The exception a failed Prefect state holds (None if it holds none)."""
     try:
         state.result()
-    except (UserError, RunInterrupted, *NOT_TRANSIENT):
-        return False
-    except TRANSIENT:
-        return True
-    except Exception:
-        return False
-    return False
+    except Exception as exc:  # noqa: BLE001 - inspected by the callers
+        return exc
+    return None
+
+
+def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
+    """Retry network hiccups and preemption-like OS errors; never a user error, a stop request or a bug."""
+    exc = _raised(state)
+    return isinstance(exc, TRANSIENT) and not isinstance(exc, (UserError, RunInterrupted, *NOT_TRANSIENT))
 
 
 def retry_unless_user_error(task_obj: Any, task_run: Any, state: Any) -> bool:
     """For stages that resume from a checkpoint (training): any failure but a user error or a requested
     stop (SIGTERM: the checkpoint is written, the user reruns to resume) is worth a retry."""
-    try:
-        state.result()
-    except (UserError, RunInterrupted):
-        return False
-    except Exception:
-        return True
-    return False
+    exc = _raised(state)
+    return exc is not None and not isinstance(exc, (UserError, RunInterrupted))
 
 
 def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -49,10 +46,10 @@ def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
 def make_stage_task(stage: str, fn: StageFn, *, retries: int = 2, retry_delay_seconds: list[float] | None = None,
                     retry_condition=retry_transient, timeout_seconds: float | None = None) -> "StageTask":
     """A Prefect task running `fn` through the stage contract; the flow passes the plan it computed."""
-    return StageTask(stage, fn, dict(name=stage, retries=retries, retry_delay_seconds=retry_delay_seconds or [2, 5, 15],
-                                     retry_condition_fn=retry_condition, persist_result=True,
-                                     cache_key_fn=_cache_key, result_serializer="json",
-                                     timeout_seconds=timeout_seconds))
+    options = dict(name=stage, retries=retries, retry_delay_seconds=retry_delay_seconds or [2, 5, 15],
+                   retry_condition_fn=retry_condition, persist_result=True, cache_key_fn=_cache_key,
+                   result_serializer="json", timeout_seconds=timeout_seconds)
+    return StageTask(stage, fn, options)
 
 
 class StageTask:

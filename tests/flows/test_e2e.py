@@ -54,7 +54,7 @@ def _task_state_names(flow_run_id: str) -> dict[str, str]:
         async with get_client() as client:
             runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
                                                task_run_filter=TaskRunFilter())
-            return {r.task_key.split("-")[0] if False else r.name.split("-")[0]: r.state.name for r in runs
+            return {r.name.split("-")[0]: r.state.name for r in runs
                     if not r.name.startswith("unit")}
 
     return asyncio.run(fetch())
@@ -182,3 +182,20 @@ def test_whole_pipeline_smoke_on_cpu(tmp_path):
     assert pre["stats"]["steps"] == 30 and pre["stats"]["val_loss"] < pre["stats"]["val_unigram_baseline_nats"] + 1
     model_dir = Path(pre["uri"]) / "model"
     assert (model_dir / "model.safetensors").exists() and (model_dir / "tokenizer.json").exists()
+    keys = _artifact_keys(s["run_id"])
+    assert {"collect-sources", "pii-entities", "tokenize-stats", "pretrain-loss-curve", "llmpipe-summary"} <= keys
+
+
+def _artifact_keys(flow_run_id: str) -> set[str]:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def fetch():
+        async with get_client() as client:
+            arts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+            return {a.key for a in arts}
+
+    return asyncio.run(fetch())

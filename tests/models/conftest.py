@@ -30,10 +30,5 @@ def trained_phrase_model():
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine every parallel
-    region of a small op waits for a descheduled thread (milliseconds per op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread(torch_one_thread):
+    """Every model test runs on one thread (see tests/conftest.py)."""

@@ -33,12 +33,7 @@ VOCAB = 200  # the model pads it to 256
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models: see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

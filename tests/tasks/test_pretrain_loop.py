@@ -31,13 +31,7 @@ from tasks.token_shards import TokenWindows
 VOCAB = 256
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast, deterministic, and immune to a busy second core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models: see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
