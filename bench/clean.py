@@ -32,7 +32,7 @@ from collections import Counter
 from typing import Any
 
 from bench.common import shared_data
-from tasks.clean import CleanConfig, CleanOutcome, clean_document, run_clean, split_passages, strip_markup
+from tasks.clean.stage import CleanConfig, CleanOutcome, clean_document, run_clean, split_passages, strip_markup
 from tasks.core.docs import DocWriter
 from tasks.core.mapstage import UnitWriter, iter_unit_docs, run_map_stage
 from tasks.core.result import StageResult
@@ -245,7 +245,7 @@ def write_upstream(root: str, passages: list[str], shards: int) -> StageResult:
 
 def _warm(seconds: float) -> int:
     """Runs in a pool worker: import the stage module (prefect and all) before the timed run."""
-    import tasks.clean  # noqa: F401
+    import tasks.clean.stage  # noqa: F401
 
     time.sleep(seconds)
     return os.getpid()

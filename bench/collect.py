@@ -43,7 +43,7 @@ def plain_arrow(files: list[str]) -> dict:
 
 
 def llmpipe_collect(files: list[str], workers: int) -> dict:
-    from tasks.collect import CollectConfig, SourceConfig, run_collect
+    from tasks.collect.stage import CollectConfig, SourceConfig, run_collect
     from tasks.core.stage import RunContext, RunnerConfig, run_stage
 
     store = tempfile.mkdtemp(prefix="bench-collect-")
@@ -56,7 +56,7 @@ def llmpipe_collect(files: list[str], workers: int) -> dict:
 
 def one(mode: str, files: list[str], workers: int) -> None:
     if mode == "collect":  # the interpreter's imports are not part of the stage's throughput
-        import tasks.collect  # noqa: F401
+        import tasks.collect.stage  # noqa: F401
     start = time.perf_counter()
     out = {"plain_json": lambda: plain_json(files), "plain_arrow": lambda: plain_arrow(files),
            "collect": lambda: llmpipe_collect(files, workers)}[mode]()

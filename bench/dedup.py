@@ -44,7 +44,7 @@ from tasks.core.docs import DocWriter
 from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, RunnerConfig, run_stage
 from tasks.core.store import Store
-from tasks.dedup import (
+from tasks.dedup.stage import (
     DedupConfig,
     KeptBatch,
     LocalIndex,

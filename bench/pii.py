@@ -29,7 +29,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from tasks.pii import (DEFAULT_PATTERN_ENTITIES, PiiConfig, PiiEngine, Span, merge_overlaps,
+from tasks.pii.stage import (DEFAULT_PATTERN_ENTITIES, PiiConfig, PiiEngine, Span, merge_overlaps,
                        spacy_model_available)
 
 BOOKS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "books"
@@ -403,7 +403,7 @@ def _write_shards(root: Path, texts: list[str], shards: int):
 
 def _time_stage(upstream, store_root: Path, workers: int) -> float:
     from tasks.core.stage import RunContext, RunnerConfig, run_stage
-    from tasks.pii import run_pii
+    from tasks.pii.stage import run_pii
 
     ctx = RunContext(store=str(store_root), pipeline="bench", run_id=store_root.name,
                      runner=RunnerConfig(workers=workers))

@@ -26,7 +26,7 @@ import torch
 
 from models.generate import SpeculativeStats, generate, speculative_generate
 from models.gpt import GPT
-from tasks.pretrain_loop import TrainConfig, Trainer, peak_flops, phrase_tokens, write_token_index
+from tasks.pretrain.loop import TrainConfig, Trainer, peak_flops, phrase_tokens, write_token_index
 
 REFERENCE_H200_TOKENS_PER_S = 490_000  # best public single-GPU gpt2-small figure measured on an H200
 TARGET_H200_TOKENS_PER_S = 540_000

@@ -137,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # resolve the config and the sources before starting Prefect, so their errors come back in a second
     _, cfg = load_pipeline(args.pipeline, args.config, args.overrides, args.sources)
-    from tasks.collect import fingerprint
+    from tasks.collect.stage import fingerprint
 
     fingerprint(cfg.collect)
     from flows import executors, pipeline

@@ -246,7 +246,7 @@ def load_pipeline(name: str = "demo", config_file: str | os.PathLike | None = No
     data, prefixes = raw_pipeline(cf, name)
     where = _locator(cf, prefixes)
     if sources:  # first, so that --set can adjust the sources --source made
-        from tasks.collect import source_from_arg
+        from tasks.collect.stage import source_from_arg
 
         data = deep_merge(data, {"collect": {}})
         data["collect"]["sources"] = [source_from_arg(s, i).model_dump(exclude_defaults=True)

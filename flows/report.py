@@ -38,18 +38,18 @@ def stage_artifact(stage: str, result: StageResult) -> None:
     if stage == "pii":
         from prefect.artifacts import create_markdown_artifact
 
-        from tasks.pii import pii_entity_rows, pii_report_markdown
+        from tasks.pii.stage import pii_entity_rows, pii_report_markdown
 
         create_table_artifact(table=pii_entity_rows(stats), key="pii-entities",
                               description="pii: detected entities (counts only, never values)")
         create_markdown_artifact(markdown=pii_report_markdown(stats), key="pii-report",
                                  description="pii: NER status, account and entity counts")
     if stage == "tokenize":
-        from tasks.tokenizer import publish_stats_artifact
+        from tasks.tokenizer.stage import publish_stats_artifact
 
         publish_stats_artifact(stats)
     if stage == "pretrain":
-        from tasks.pretrain import publish_artifact
+        from tasks.pretrain.stage import publish_artifact
 
         curve = result.files("loss_curve")
         publish_artifact(stats, Path(curve[0]) if curve else None)

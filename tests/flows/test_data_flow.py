@@ -120,7 +120,7 @@ def test_dask_with_redis_index_equals_local_run(tmp_path):
     finally:
         from flows.config import load_pipeline
         from tasks.core.stage import RunContext
-        from tasks.dedup import clear_index
+        from tasks.dedup.stage import clear_index
 
         _, cfg = load_pipeline("demo", overrides=["dedup.backend=redis", f"store={tmp_path / 'dask'}"])
         clear_index(cfg.dedup, RunContext(store=cfg.store, pipeline="demo", run_id="cleanup"))

@@ -85,12 +85,12 @@ def test_fsspec_url_store(tmp_path):
 
 def test_data_stages_run_on_a_non_local_fsspec_store():
     """collect -> clean -> dedup -> pii through fsspec only (an in-memory filesystem, one process)."""
-    from tasks.clean import CleanConfig, run_clean
-    from tasks.collect import CollectConfig, SourceConfig, run_collect
+    from tasks.clean.stage import CleanConfig, run_clean
+    from tasks.collect.stage import CollectConfig, SourceConfig, run_collect
     from tasks.core.docs import read_all
     from tasks.core.stage import RunContext, RunnerConfig
-    from tasks.dedup import DedupConfig, run_dedup
-    from tasks.pii import PiiConfig, run_pii
+    from tasks.dedup.stage import DedupConfig, run_dedup
+    from tasks.pii.stage import PiiConfig, run_pii
 
     ctx = RunContext(store="memory://llmpipe-stages", pipeline="m", run_id="r", runner=RunnerConfig(workers=1))
     result = run_stage("collect", run_collect,

@@ -32,10 +32,10 @@ from tasks.core.docs import iter_batches
 from tasks.core.errors import UserError
 from tasks.core.stage import RunContext
 from tasks.core.store import Store
-from tasks.minhash import Sketches, band_keys, lsh_params, sketch_params
+from tasks.dedup.minhash import Sketches, band_keys, lsh_params, sketch_params
 
-if TYPE_CHECKING:  # for annotations only: tasks.dedup imports this module
-    from tasks.dedup import DedupConfig
+if TYPE_CHECKING:  # for annotations only: tasks.dedup.stage imports this module
+    from tasks.dedup.stage import DedupConfig
 
 WORK = "_work"  # the stage's scratch folder under its output, deleted once every unit is done
 

@@ -26,8 +26,8 @@ storage: a set per bucket, 16 buckets per document at the defaults), i.e. 6-8 GB
 with Redis it moves to the Redis server (~11 KB per document); the process keeps a byte per document
 and an entry per duplicate cluster.
 
-The persistent index (generations published by finished runs, `incremental`) is in `tasks.dedup_index`;
-the sketching functions are in `tasks.minhash`.
+The persistent index (generations published by finished runs, `incremental`) is in `tasks.dedup.index`;
+the sketching functions are in `tasks.dedup.minhash`.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, StageOutput
 from tasks.core.store import Store
 from tasks.core.units import UnitResult, WorkUnit, merge_results
-from tasks.dedup_index import (
+from tasks.dedup.index import (
     WORK,
     AtomicFile,
     KeptBatch,
@@ -76,7 +76,7 @@ from tasks.dedup_index import (
     sketch_writer,
     visible_generations,
 )
-from tasks.minhash import (
+from tasks.dedup.minhash import (
     Sketcher,
     band_keys,
     estimated_jaccard,
@@ -527,7 +527,7 @@ def run_dedup(upstream: list[StageResult], out_uri: str, cfg: DedupConfig, ctx: 
                        store_root=ctx.store, config=cfg.canonical()) for i, uri in enumerate(inputs)]
     sketch_ids = [f"sketch-{u.unit_id}" for u in shards]
     start = time.perf_counter()
-    sketched = executor.map_units("tasks.dedup:sketch_unit", [
+    sketched = executor.map_units("tasks.dedup.stage:sketch_unit", [
         u.model_copy(update={"unit_id": i}) for u, i in zip(shards, sketch_ids)])
     timings["sketch"], start = time.perf_counter() - start, time.perf_counter()
     visible = visible_generations(cfg, ctx, gen, input_tag)
@@ -537,9 +537,9 @@ def run_dedup(upstream: list[StageResult], out_uri: str, cfg: DedupConfig, ctx: 
                           "visible": [r["gen"] for r in visible],
                           "index_dir": local_index_dir(store, index_id(cfg, ctx)),
                           "redis_base": redis_base(cfg, ctx).decode()})
-    decided = executor.map_units("tasks.dedup:decide_unit", [decide])[0]
+    decided = executor.map_units("tasks.dedup.stage:decide_unit", [decide])[0]
     timings["decide"], start = time.perf_counter() - start, time.perf_counter()
-    kept = executor.map_units("tasks.dedup:keep_unit", [u.model_copy(update={
+    kept = executor.map_units("tasks.dedup.stage:keep_unit", [u.model_copy(update={
         "extra": {"decisions": _decisions_uri(out_uri, i)}}) for u, i in zip(shards, sketch_ids)])
     timings["keep"] = time.perf_counter() - start
     account, outputs = merge_results(kept)
@@ -584,5 +584,5 @@ def _stage_output(cfg: DedupConfig, ctx: RunContext, out_uri: str, account: Any,
     return StageOutput(outputs=outputs, stats=stats)
 
 
-run_dedup.code_deps = ("tasks.minhash", "tasks.dedup_index")  # their source counts as the stage's code
+run_dedup.code_deps = ("tasks.dedup.minhash", "tasks.dedup.index")  # their source counts as the stage's code
 dedup_task = make_stage_task("dedup", run_dedup, retries=2)

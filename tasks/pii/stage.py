@@ -814,7 +814,7 @@ def run_pii(upstream: list[StageResult], out_uri: str, cfg: PiiConfig, ctx: RunC
     if plan.warning:
         log.warning("!!! PII WARNING !!! %s", plan.warning)
     inputs = upstream[0].files("docs") if upstream else []
-    out, _ = run_map_stage("pii", "tasks.pii:pii_unit", inputs, out_uri, cfg, ctx,
+    out, _ = run_map_stage("pii", "tasks.pii.stage:pii_unit", inputs, out_uri, cfg, ctx,
                            extra={"ner_model": plan.ner_model})
     stats = summarize(out.stats, plan, cfg)
     ctx.open_store().write_json(f"{out_uri}/report.json", pii_report(stats))

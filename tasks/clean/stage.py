@@ -666,7 +666,7 @@ def run_clean(upstream: list[StageResult], out_uri: str, cfg: CleanConfig, ctx: 
     if not upstream or "docs" not in upstream[0].outputs:
         raise UserError("clean needs an upstream stage with document shards (`docs` output), e.g. collect; "
                         f"got {[r.stage for r in upstream] or 'nothing'}. Run collect first.")
-    output, _ = run_map_stage("clean", "tasks.clean:clean_unit", upstream[0].files("docs"), out_uri, cfg, ctx)
+    output, _ = run_map_stage("clean", "tasks.clean.stage:clean_unit", upstream[0].files("docs"), out_uri, cfg, ctx)
     output.outputs.setdefault("docs", [])
     return output
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from tasks import sources
+from tasks.collect import sources
 from tasks.core.config import StageConfig, stable_hash
 from tasks.core.errors import UserError
 from tasks.core.mapstage import UnitWriter
@@ -378,10 +378,10 @@ def run_collect(upstream: list[StageResult], out_uri: str, cfg: CollectConfig, c
             if left <= 0:
                 break
             unit.extra["limit"] = left
-            results.append(execute_unit("tasks.collect:collect_unit", unit))
+            results.append(execute_unit("tasks.collect.stage:collect_unit", unit))
             left -= results[-1].info.get("docs_read", 0)
     else:
-        results = ctx.executor().map_units("tasks.collect:collect_unit", units)
+        results = ctx.executor().map_units("tasks.collect.stage:collect_unit", units)
     _check_text_fields(cfg, results)
     account, outputs = merge_results(results)
     account.check("collect")
@@ -426,5 +426,5 @@ def _per_source(results: list[UnitResult]) -> dict[str, dict[str, Any]]:
 
 
 run_collect.key_inputs = collect_key
-run_collect.code_deps = ("tasks.sources",)  # the readers decide what a document is: their code is in the key
+run_collect.code_deps = ("tasks.collect.sources",)  # the readers decide what a document is: their code is in the key
 collect_task = make_stage_task("collect", run_collect, retries=2)

@@ -16,8 +16,8 @@ from tasks.core.errors import ConfigError, UserError
 from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, RunnerConfig, run_stage
 from tasks.core.store import Store
-from tasks.token_shards import TokenSplit, TokenWindows, dtype_for_vocab, read_index
-from tasks.tokenizer import (
+from tasks.core.token_shards import TokenSplit, TokenWindows, dtype_for_vocab, read_index
+from tasks.tokenizer.stage import (
     TokenizeConfig,
     cut_text,
     cuts_between_words,

@@ -18,7 +18,7 @@ from tasks.core.errors import ConfigError
 from tasks.core.orchestration import retry_unless_user_error
 from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, RunnerConfig, run_stage
-from tasks.pretrain import (
+from tasks.pretrain.stage import (
     LAUNCH_ERROR,
     PretrainConfig,
     build_train_config,
@@ -27,10 +27,10 @@ from tasks.pretrain import (
     pretrain_task,
     run_pretrain,
 )
-from tasks.pretrain_loop import phrase_tokens, write_token_index
+from tasks.pretrain.loop import phrase_tokens, write_token_index
 
 VOCAB = 200  # the model pads it to 256
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models: see tests/conftest.py

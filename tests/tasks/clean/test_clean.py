@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from tasks import clean
-from tasks.clean import (
+from tasks.clean import stage as clean
+from tasks.clean.stage import (
     CleanConfig,
     MarkupConfig,
     Passage,
@@ -406,7 +406,7 @@ def test_defaults_keep_the_python_documentation_topics():
 
 def _data_dir() -> Path:
     env = os.environ.get("LLMPIPE_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 
 
 @pytest.mark.shared_data

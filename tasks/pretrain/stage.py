@@ -27,11 +27,11 @@ from tasks.core.errors import ConfigError, UserError
 from tasks.core.orchestration import make_stage_task, retry_unless_user_error
 from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, StageOutput
-from tasks.token_shards import read_index
+from tasks.core.token_shards import read_index
 
 log = logging.getLogger("llmpipe.pretrain")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ACCELERATE_CONFIGS = REPO_ROOT / "infra" / "accelerate"
 LAUNCH_ERROR = "launch-error.json"
 
@@ -104,7 +104,7 @@ def model_fields(cfg: PretrainConfig, vocab_size: int) -> dict[str, Any]:
 def build_train_config(cfg: PretrainConfig, index_path: Path, tokenizer_path: Path | None, out_dir: Path,
                        lineage: dict[str, Any], pipeline_seed: int = 0):
     """The loop's plain config, with the vocabulary resolved from the token index."""
-    from tasks.pretrain_loop import TrainConfig  # torch: imported when a run starts, not with the flow
+    from tasks.pretrain.loop import TrainConfig  # torch: imported when a run starts, not with the flow
 
     index = read_index(index_path)
     vocab = cfg.vocab_size or pad_vocab(index["vocab_size"], cfg.vocab_multiple)
@@ -143,7 +143,7 @@ def run_pretrain(upstream: list[StageResult], out_uri: str, cfg: PretrainConfig,
     if cfg.num_processes > 1:
         summary = launch(run_json, cfg.num_processes, cfg.distributed, emit)
     else:
-        from tasks.pretrain_loop import train
+        from tasks.pretrain.loop import train
 
         summary = train(train_cfg, emit=emit)
     png = write_loss_curve(out_dir)
@@ -164,8 +164,8 @@ def run_pretrain(upstream: list[StageResult], out_uri: str, cfg: PretrainConfig,
 # modules whose source decides what training computes, beyond this file (for the stage's code version;
 # names, not imports, so planning a flow does not import torch)
 run_pretrain.uses_pipeline_seed = True  # the store key then includes the pipeline's seed
-run_pretrain.code_deps = ("models.config", "models.gpt", "models.mtp", "tasks.pretrain_loop",
-                          "tasks.token_shards")
+run_pretrain.code_deps = ("models.config", "models.gpt", "models.mtp", "tasks.pretrain.loop",
+                          "tasks.core.token_shards")
 
 
 # several processes ---------------------------------------------------------------------------------
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="run.json written by the pretrain stage")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    from tasks.pretrain_loop import TrainConfig, train
+    from tasks.pretrain.loop import TrainConfig, train
 
     run_json = Path(args.config)
     rank = int(os.environ.get("RANK", "0"))
@@ -318,6 +318,3 @@ def main(argv: list[str] | None = None) -> int:
 
 
 pretrain_task = make_stage_task("pretrain", run_pretrain, retries=2, retry_condition=retry_unless_user_error)
-
-if __name__ == "__main__":
-    sys.exit(main())

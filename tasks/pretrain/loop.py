@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from models.gpt import GPT, GPTConfig
 from models.mtp import all_heads_backward, sequential_heads_backward
 from tasks.core.errors import RunInterrupted, UserError
-from tasks.token_shards import ShardWriter, TokenSplit, TokenWindows, dtype_for_vocab, write_index
+from tasks.core.token_shards import ShardWriter, TokenSplit, TokenWindows, dtype_for_vocab, write_index
 
 log = logging.getLogger("llmpipe.pretrain")
 

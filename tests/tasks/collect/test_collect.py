@@ -15,8 +15,8 @@ import pytest
 
 from pydantic import ValidationError
 
-from tasks import sources
-from tasks.collect import CollectConfig, SourceConfig, run_collect, source_from_arg, split_text
+from tasks.collect import sources
+from tasks.collect.stage import CollectConfig, SourceConfig, run_collect, source_from_arg, split_text
 from tasks.core.docs import read_all
 from tasks.core.errors import UserError
 from tasks.core.stage import run_stage

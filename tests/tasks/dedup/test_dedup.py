@@ -10,7 +10,8 @@ import pytest
 from datasketch import MinHash
 from pydantic import ValidationError
 
-from tasks import dedup, minhash
+from tasks.dedup import minhash
+from tasks.dedup import stage as dedup
 from tasks.core.config import stable_hash
 from tasks.core.docs import SCHEMA, DocWriter, read_all
 from tasks.core.errors import UserError
@@ -18,7 +19,7 @@ from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, RunnerConfig, register_executor, run_stage
 from tasks.core.store import Store
 from tasks.core.units import PoolExecutor
-from tasks.dedup import (
+from tasks.dedup.stage import (
     DedupConfig,
     LocalIndex,
     Sketcher,
@@ -262,7 +263,7 @@ def test_blocks_and_workers_do_not_change_the_result(tmp_path, scope):
     ordered = [d for shard in shards for d in shard]
     expected = brute_force(ordered, 0.8, 5)
     results = []
-    pool = PoolExecutor(2, preload=["tasks.dedup"])  # import once in the forkserver, not in every worker
+    pool = PoolExecutor(2, preload=["tasks.dedup.stage"])  # import once in the forkserver, not in every worker
     for run, (rows, workers) in enumerate([(1024, 1), (5, 1), (7, 2)]):
         ctx = context(tmp_path / f"r{run}", scope, workers=workers, run_id=f"run{run}")
         up = write_upstream(tmp_path / f"r{run}" / "up", shards)

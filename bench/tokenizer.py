@@ -2,11 +2,11 @@
 
 Run it as a module from the repository root, never by its path:
 
-    python -m bench.tokenize                # first ~60 MB of ../shared/data/books, 2 threads
-    python -m bench.tokenize --full         # all 331 MB
-    python -m bench.tokenize --max-mb 20 --repeat 2
+    python -m bench.tokenizer                # first ~60 MB of ../shared/data/books, 2 threads
+    python -m bench.tokenizer --full         # all 331 MB
+    python -m bench.tokenizer --max-mb 20 --repeat 2
 
-(`python bench/tokenize.py` would put bench/ first on sys.path, where this file shadows the standard
+(`python bench/tokenizer.py` would put bench/ first on sys.path, where this file shadows the standard
 library's `tokenize` module and breaks unrelated imports.)
 
 What it measures, all in one run on the same texts:
@@ -113,7 +113,7 @@ def parse_args() -> argparse.Namespace:
 
 def measure_training(store, uris, texts: list[str], cfg, mb: float, baseline: bool):
     """Train with the stage's streaming path (the tokenizer used below); optionally the in-memory baseline."""
-    from tasks.tokenizer import train_tokenizer, training_texts
+    from tasks.tokenizer.stage import train_tokenizer, training_texts
 
     sample: dict = {}
     tok, wall, cpu = timed(train_tokenizer, training_texts(store, uris, cfg, sample), cfg)
@@ -131,8 +131,8 @@ def measure_training(store, uris, texts: list[str], cfg, mb: float, baseline: bo
 def measure_rounds(store, uris, texts: list[str], tok, cfg, out: Path, repeat: int):
     """Alternate the two in-memory ceilings and the stage's packing, `repeat` times."""
     from tasks.core.result import Account
-    from tasks.token_shards import dtype_for_vocab
-    from tasks.tokenizer import cut_text, pack_documents, special_token_ids, vocab_size_of
+    from tasks.core.token_shards import dtype_for_vocab
+    from tasks.tokenizer.stage import cut_text, pack_documents, special_token_ids, vocab_size_of
 
     eot_id, _ = special_token_ids(tok, cfg, "bench tokenizer")
     dtype = dtype_for_vocab(vocab_size_of(tok), "auto")
@@ -159,7 +159,7 @@ def main() -> None:
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # before the pool's first use below
 
     from tasks.core.docs import iter_docs
-    from tasks.tokenizer import TokenizeConfig
+    from tasks.tokenizer.stage import TokenizeConfig
 
     work = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
     try:

@@ -5,7 +5,7 @@ Named `tokenizer.py`, not `tokenize.py`, so it never shadows the standard librar
 Outputs under the stage directory:
     tokenizer.json          Hugging Face `tokenizers` file (also loads in transformers'
                             PreTrainedTokenizerFast(tokenizer_file=...))
-    tokens/index.json       shard list, token counts, dtype, vocab size, tokenizer hash (tasks.token_shards)
+    tokens/index.json       shard list, token counts, dtype, vocab size, tokenizer hash (tasks.core.token_shards)
     tokens/<split>-NNNNN.bin  packed ids, one end-of-text token after each document
 
 Splits: a document goes to 'val' or 'train' by a hash of its meta "parent" (set on the pieces clean and
@@ -46,7 +46,7 @@ from tasks.core.orchestration import make_stage_task
 from tasks.core.result import Account, StageResult
 from tasks.core.stage import RunContext, StageOutput
 from tasks.core.store import Store
-from tasks.token_shards import ShardWriter, dtype_for_vocab, read_index, write_index
+from tasks.core.token_shards import ShardWriter, dtype_for_vocab, read_index, write_index
 
 log = logging.getLogger("llmpipe.tokenize")
 
@@ -630,5 +630,5 @@ def run_tokenize(upstream: list[StageResult], out_uri: str, cfg: TokenizeConfig,
 
 
 run_tokenize.key_inputs = tokenize_key_extra
-run_tokenize.code_deps = ("tasks.token_shards",)  # the shard format is part of what the stage produces
+run_tokenize.code_deps = ("tasks.core.token_shards",)  # the shard format is part of what the stage produces
 tokenize_task = make_stage_task("tokenize", run_tokenize, retries=2)

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tasks.core.errors import UserError
-from tasks.pretrain_loop import (
+from tasks.pretrain.loop import (
     NonFiniteLoss,
     OutOfMemory,
     TrainConfig,
@@ -26,7 +26,7 @@ from tasks.pretrain_loop import (
     unigram_entropy,
     write_token_index,
 )
-from tasks.token_shards import TokenWindows
+from tasks.core.token_shards import TokenWindows
 
 VOCAB = 256
 

