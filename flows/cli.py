@@ -20,20 +20,22 @@ PREFECT_DEFAULTS = {
 
 
 def _setup_env(verbose: bool) -> None:
+    """INFO goes to the Prefect server (the UI shows stage and training progress) in every mode; the
+    console shows Prefect's own lines only with -v, and otherwise our progress lines and warnings."""
     for k, v in PREFECT_DEFAULTS.items():
         os.environ.setdefault(k, v)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("llmpipe").setLevel(logging.INFO)
     training = logging.getLogger("llmpipe.pretrain")  # step, loss, tokens/s, ETA while a model trains
-    if not any(getattr(h, "llmpipe_progress", False) for h in training.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+    if not verbose and not any(getattr(h, "llmpipe_progress", False) for h in training.handlers):
+        handler = logging.StreamHandler(sys.stdout)  # with -v, Prefect's console handler shows them
         handler.setFormatter(logging.Formatter("            %(message)s"))
         handler.llmpipe_progress = True
         training.addHandler(handler)
-    training.setLevel(logging.INFO)
-    training.propagate = verbose
     if not verbose:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -140,13 +142,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tasks.collect.stage import fingerprint
 
     fingerprint(cfg.collect)
-    from flows import executors, pipeline
+    from flows import pipeline
 
     _quiet_prefect_tracebacks()
     printer = ProgressPrinter()
     pipeline._PROGRESS["current"] = printer
     print(f"llmpipe: running pipeline '{args.pipeline}' (store: {cfg.store}); starting Prefect...", flush=True)
-    flow = pipeline.pipeline_flow.with_options(task_runner=executors.task_runner_for(cfg.runner))
+    flow = pipeline.build_pipeline_flow(args.config) if args.config else pipeline.pipeline_flow
     try:
         summary = flow(pipeline=args.pipeline, overrides=args.overrides, sources=args.sources, until=args.until,
                        config_file=args.config, summary_path=args.summary)
@@ -173,6 +175,7 @@ class ProgressPrinter:
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
+        self.shown: dict[tuple[str, str], float] = {}
 
     def __call__(self, event: str, info: dict[str, Any]) -> None:
         stage = info["stage"]
@@ -180,12 +183,18 @@ class ProgressPrinter:
             note = " (checking the store)" if info.get("cached") else ""
             print(f"  {stage:<9} running...{note}", flush=True)
             return
+        if event == "units":
+            self._units(stage, info)
+            return
         stats = info.get("stats") or {}
         counts = ""
         if "docs_in" in stats:
+            units = info.get("counts") or {}
+            unit_in, unit_out = units.get("in", "documents"), units.get("out", "documents")
             dropped = sum((stats.get("dropped") or {}).values())
-            counts = (f"docs {stats['docs_in']} -> {stats.get('docs_out', 0)} (rows {stats.get('rows_out', 0)}, "
-                      f"dropped {dropped}, quarantined {stats.get('quarantined', 0)})")
+            written = f", {stats.get('rows_out', 0):,} {unit_out} written" if unit_out != unit_in else ""
+            counts = (f"{stats['docs_in']:,} {unit_in} in, {stats.get('docs_out', 0):,} kept{written}, "
+                      f"{dropped:,} dropped, {stats.get('quarantined', 0):,} quarantined")
         extra = []
         if "tokens" in stats:
             extra.append(f"tokens {stats['tokens']:,}")
@@ -195,6 +204,14 @@ class ProgressPrinter:
         counts = "; ".join([c for c in [counts] + extra if c])
         err = f"  {info.get('error', '')}" if info["status"] == "failed" else ""
         print(f"  {stage:<9} {info['status']:<15} {info.get('seconds', 0):7.1f}s  {counts}{err}", flush=True)
+
+    def _units(self, stage: str, info: dict[str, Any]) -> None:
+        """`shards 12/40` lines for a long data stage: at most one every few seconds, and the last one."""
+        key, now = (stage, info["phase"]), time.perf_counter()
+        if info["done"] < info["total"] and now - self.shown.get(key, 0.0) < 5.0:
+            return
+        self.shown[key] = now
+        print(f"  {stage:<9} {info['phase']}: shards {info['done']}/{info['total']}", flush=True)
 
     def done(self, summary: dict[str, Any]) -> None:
         print(f"llmpipe: {summary['status']} in {time.perf_counter() - self.t0:.1f}s; "

@@ -32,8 +32,7 @@ def _build_pipeline_model() -> type[StageConfig]:
         "runner": (RunnerConfig, Field(default_factory=RunnerConfig)),
     }
     for s in STAGES:
-        model = s.config_model()
-        fields[s.name] = (model, Field(default_factory=model))
+        fields[s.name] = (s.config, Field(default_factory=s.config))
     with warnings.catch_warnings():  # the field `register` shadows ABCMeta.register; harmless on instances
         warnings.simplefilter("ignore", UserWarning)
         return create_model("PipelineConfig", __base__=StageConfig, **fields)

@@ -1,19 +1,27 @@
-"""The end-to-end Prefect flow: each stage in order, as its own cached, retried task."""
+"""The end-to-end Prefect flow: every stage as its own cached, retried task, run as soon as its inputs are.
+
+The flow reads the pipeline's config, chooses the task runner for shard work from `runner:` (so a
+deployment behaves exactly like the command line), and walks the stage graph: a stage starts when every
+stage it reads has finished; stages that do not depend on each other run at the same time.
+"""
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import logging
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextvars import copy_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, Optional
 
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
+from prefect.states import Completed
 
 from flows import executors, report
-from flows.config import dump_yaml, load_pipeline
-from flows.stages import STAGES, STAGE_NAMES
+from flows.config import dump_yaml, load_pipeline, read_config_file
+from flows.stages import BY_NAME, STAGE_NAMES, STAGES, needed_for, prefect_task
 from tasks.core.errors import ConfigError, UserError
 from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, plan_stage, register_executor
@@ -21,20 +29,30 @@ from tasks.core.store import Store
 
 log = logging.getLogger("llmpipe")
 Progress = Callable[[str, dict[str, Any]], None]
-_PROGRESS: dict[str, Progress] = {}  # the CLI's progress printer, by run id (not a flow parameter)
+_PROGRESS: dict[str, Progress] = {}  # the CLI's progress printer (not a flow parameter: not serializable)
+BLOCKED = ("failed", "not_implemented", "not_run")
 
 
-@flow(name="llmpipe", log_prints=False, persist_result=False)
-def pipeline_flow(pipeline: str = "demo", overrides: list[str] | None = None, sources: list[str] | None = None,
-                  until: str | None = None, config_file: str | None = None,
-                  summary_path: str | None = None) -> dict[str, Any]:
-    """Run a named pipeline from pipelines.yaml, optionally with `--set` overrides and replacement sources."""
+def _run_name() -> str:
+    """`<pipeline>-<until>-<UTC time>`: the Prefect UI's run list says which pipeline ran."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters or {}
+    until = f"-until-{params['until']}" if params.get("until") else ""
+    return f"{params.get('pipeline', 'demo')}{until}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}"
+
+
+def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] | None, until: str | None,
+                 config_file: str | None, summary_path: str | None) -> Any:
+    """The flow's body (the flow function below only adds typed parameters for the UI form)."""
+    _send_logs_to_prefect()
     name, cfg = load_pipeline(pipeline, config_file, overrides, sources)
     if until is not None and until not in STAGE_NAMES:
         raise ConfigError(f"--until {until}: no such stage; stages: {', '.join(STAGE_NAMES)}.")
-    run_id = str(get_run_context().flow_run.id)
+    flow_run = get_run_context().flow_run
+    run_id = str(flow_run.id)
+    _tag_run(flow_run, name)
     ctx = RunContext(store=cfg.store, pipeline=name, run_id=run_id, seed=cfg.seed, runner=cfg.runner)
-    progress = _PROGRESS.get("current") or (lambda event, info: None)
     summary = _new_summary(name, run_id, cfg, until, config_file)
     store = Store(cfg.store)
     run_dir = store.join("runs", run_id)
@@ -46,65 +64,126 @@ def pipeline_flow(pipeline: str = "demo", overrides: list[str] | None = None, so
     store.write_json(f"{run_dir}/config.json", cfg.model_dump(mode="json"))
     with store.open(f"{run_dir}/config.yaml", "wb") as f:
         f.write(dump_yaml(cfg).encode())
-    if cfg.runner.kind == "local":
-        executors.start_local_pool(ctx.workers)
-    register_executor(run_id, executors.PrefectUnitExecutor())
+    progress = _PROGRESS.get("current") or (lambda event, info: None)
     try:
-        _run_stages(cfg, ctx, until, summary, progress)
+        with executors.unit_runner(cfg.runner) as unit_executor:
+            register_executor(run_id, unit_executor.with_progress(progress))
+            _run_graph(cfg, ctx, until, summary, progress)
     finally:
         register_executor(run_id, None)
-        executors.stop_local_pool()
         summary["seconds"] = round(time.perf_counter() - summary.pop("_t0"), 3)
         _write_summary(store, run_dir, summary, summary_path)
         report.summary_artifact(summary)
+    if summary["status"] == "partial":
+        missing = [n for n, e in summary["stages"].items() if e["status"] == "not_implemented"]
+        return Completed(name="Partial", data=summary,
+                         message=f"finished what is built; not implemented yet: {', '.join(missing)}")
     return summary
 
 
-def _run_stages(cfg: Any, ctx: RunContext, until: str | None, summary: dict, progress: Progress) -> None:
+def _send_logs_to_prefect() -> None:
+    """Our `llmpipe.*` lines (stage and training progress) go to the run's Logs tab at INFO, whatever
+    started the run (the command line, a deployment, the UI); the console keeps its own level."""
+    from prefect.logging.handlers import APILogHandler
+
+    logger = logging.getLogger("llmpipe")
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    if not any(isinstance(h, APILogHandler) for h in logger.handlers):
+        logger.addHandler(APILogHandler())
+
+
+def _tag_run(flow_run: Any, pipeline: str) -> None:
+    """Tags say which pipeline ran, also for runs started from a deployment or the UI."""
+    from prefect.client.orchestration import get_client
+
+    tags = sorted(set(flow_run.tags or []) | {"llmpipe", f"pipeline:{pipeline}"})
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, tags=tags)
+    except Exception as exc:  # noqa: BLE001 - a label must never fail a run
+        log.warning("could not tag the flow run: %s", exc)
+
+
+def _run_graph(cfg: Any, ctx: RunContext, until: str | None, summary: dict, progress: Progress) -> None:
+    """Start every stage whose inputs are finished; wait for one to end; repeat until none can start."""
+    wanted = needed_for(until) if until else STAGE_NAMES
+    results: dict[str, StageResult] = {}
+    status: dict[str, str] = {}
+    running: dict[Future, str] = {}
     logger = get_run_logger()
-    upstream: list[StageResult] = []
-    for spec in STAGES:
-        entry: dict[str, Any] = {"status": "not_implemented", "stats": {}, "outputs": {}, "seconds": 0.0}
-        summary["stages"][spec.name] = entry
-        if not spec.built:
-            progress("stage", {"stage": spec.name, **entry})
-            logger.info("stage %s is not implemented yet; stopping here", spec.name)
-            _mark_rest(summary, spec.name, until)
-            summary["status"] = "partial"
-            return
-        stage_cfg = getattr(cfg, spec.name)
-        task = spec.prefect_task()
-        plan = plan_stage(spec.name, task.stage_fn, stage_cfg, upstream, ctx)
-        progress("start", {"stage": spec.name, "cached": plan.complete})
-        start = time.perf_counter()
-        try:
-            result = task.with_options(refresh_cache=not plan.complete)(plan, stage_cfg, upstream, ctx)
-        except BaseException as exc:
-            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                         seconds=round(time.perf_counter() - start, 3), uri=plan.uri)
-            summary["status"] = "failed"
-            progress("stage", {"stage": spec.name, **entry})
-            raise
-        entry.update(status="cached" if (plan.complete or result.cached) else "completed", stats=result.stats,
-                     outputs=result.outputs, uri=result.uri, seconds=round(time.perf_counter() - start, 3))
-        progress("stage", {"stage": spec.name, **entry})
-        try:
-            report.stage_artifact(spec.name, result)
-        except Exception as exc:  # a UI table must never fail a finished stage
-            logger.warning("could not create the %s artifacts: %s", spec.name, exc)
-        upstream = [result]
-        if spec.name == until:
-            break
-    summary["status"] = "completed"
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="stage") as pool:
+        while True:
+            for stage in STAGES:
+                if stage.name not in wanted or stage.name in status or stage.name in running.values():
+                    continue
+                blocked = [r for r in stage.reads if status.get(r) in BLOCKED]
+                inputs_settled = all(r in status for r in stage.reads)
+                if (not stage.built and inputs_settled) or blocked or failure is not None:
+                    why = "not_implemented" if not stage.built or any(
+                        status[r] == "not_implemented" for r in blocked) else "not_run"
+                    status[stage.name] = why
+                    _record(summary, stage.name, {"status": why, "stats": {}, "outputs": {}, "seconds": 0.0,
+                                                  **({"blocked_by": blocked} if blocked else {})}, progress)
+                    if why == "not_implemented" and not blocked:
+                        logger.info("stage %s is not implemented yet", stage.name)
+                    continue
+                if stage.built and all(r in results for r in stage.reads):
+                    counts = {n: e["counts"] for n, e in summary["stages"].items() if "counts" in e}
+                    running[pool.submit(copy_context().run, _run_one, stage.name, cfg, ctx, dict(results),
+                                        counts, progress)] = stage.name
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                name = running.pop(fut)
+                try:
+                    results[name], entry = fut.result()
+                    status[name] = entry["status"]
+                    _record(summary, name, entry, progress)
+                except _StageFailed as exc:
+                    status[name] = "failed"
+                    _record(summary, name, exc.entry, progress)
+                    failure = failure or exc.__cause__ or exc
+    summary["stages"] = {n: summary["stages"][n] for n in STAGE_NAMES if n in summary["stages"]}
+    if failure is not None:
+        summary["status"] = "failed"
+        raise failure
+    summary["status"] = "partial" if "not_implemented" in status.values() else "completed"
 
 
-def _mark_rest(summary: dict, after: str, until: str | None) -> None:
-    """Stages after an unbuilt one cannot run either; they are reported as not implemented."""
-    names = STAGE_NAMES[STAGE_NAMES.index(after) + 1:]
-    if until is not None and until in STAGE_NAMES:
-        names = [n for n in names if STAGE_NAMES.index(n) <= STAGE_NAMES.index(until)]
-    for n in names:
-        summary["stages"][n] = {"status": "not_implemented", "stats": {}, "outputs": {}, "seconds": 0.0}
+class _StageFailed(Exception):
+    def __init__(self, entry: dict[str, Any]):
+        super().__init__(entry.get("error", "stage failed"))
+        self.entry = entry
+
+
+def _run_one(name: str, cfg: Any, ctx: RunContext, results: dict[str, StageResult],
+             counts: dict[str, dict[str, str]], progress: Progress) -> tuple[StageResult, dict[str, Any]]:
+    """Plan one stage, run its Prefect task (a cache hit when the store has it), publish its artifacts."""
+    stage = BY_NAME[name]
+    stage_cfg = getattr(cfg, name)
+    inputs = {r: results[r] for r in stage.reads}
+    start = time.perf_counter()
+    try:
+        plan = plan_stage(stage, stage_cfg, inputs, ctx)
+        progress("start", {"stage": name, "cached": plan.complete})
+        result = prefect_task(name).with_options(refresh_cache=not plan.complete)(plan, stage_cfg, inputs, ctx)
+    except BaseException as exc:
+        entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "stats": {}, "outputs": {},
+                 "seconds": round(time.perf_counter() - start, 3)}
+        raise _StageFailed(entry) from exc
+    entry = {"status": "cached" if (plan.complete or result.cached) else "completed", "stats": result.stats,
+             "outputs": result.outputs, "uri": result.uri, "seconds": round(time.perf_counter() - start, 3),
+             "counts": report.count_units(result.stats, [counts[r] for r in stage.reads if r in counts])}
+    report.stage_artifacts(ctx.pipeline, stage, result)
+    return result, entry
+
+
+def _record(summary: dict, name: str, entry: dict[str, Any], progress: Progress) -> None:
+    summary["stages"][name] = entry
+    progress("stage", {"stage": name, **entry})
 
 
 def _new_summary(name: str, run_id: str, cfg: Any, until: str | None, config_file: str | None) -> dict:
@@ -121,3 +200,41 @@ def _write_summary(store: Store, run_dir: str, summary: dict, summary_path: str 
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
+
+def build_pipeline_flow(config_file: str | None = None) -> Any:
+    """The `llmpipe` flow with parameters typed from a config file: the UI form offers its pipelines and
+    the stages as choices, and Prefect validates them before a run starts."""
+    try:
+        names = tuple(read_config_file(config_file).pipelines) or ("demo",)
+    except UserError:
+        names = ("demo",)
+    PipelineName = Literal[names]  # type: ignore[valid-type]
+    StageName = Literal[tuple(STAGE_NAMES)]  # type: ignore[valid-type]
+    default = "demo" if "demo" in names else names[0]
+
+    def pipeline_flow(pipeline=default, overrides=None, sources=None, until=None, config_file=config_file,
+                      summary_path=None):
+        """Run a named pipeline from pipelines.yaml.
+
+        Args:
+            pipeline: the pipeline's name in pipelines.yaml
+            overrides: `KEY=VALUE` settings by dotted path, e.g. `pretrain.max_steps=100`
+            sources: replace the pipeline's sources (files, globs, directories, URLs, hub datasets, `demo`)
+            until: stop after this stage (and what it needs)
+            config_file: the pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)
+            summary_path: also write the run summary JSON here
+        """
+        return run_pipeline(pipeline, overrides, sources, until, config_file, summary_path)
+
+    # real types, not the strings `from __future__ import annotations` makes: Prefect builds the form from them
+    pipeline_flow.__annotations__ = {
+        "pipeline": PipelineName, "overrides": Optional[list[str]], "sources": Optional[list[str]],
+        "until": Optional[StageName], "config_file": Optional[str], "summary_path": Optional[str], "return": Any}
+    pipeline_flow = flow(
+        name="llmpipe", flow_run_name=_run_name, log_prints=False, persist_result=False,
+        description="Run a pipeline of pipelines.yaml end to end: collect, clean, dedup, pii, tokenize, "
+                    "pretrain; each stage a cached, retried task.")(pipeline_flow)
+    return pipeline_flow
+
+
+pipeline_flow = build_pipeline_flow()

@@ -1,15 +1,46 @@
-"""Prefect artifacts for the UI: per-stage account tables, per-source counts, the run summary."""
+"""Prefect artifacts for the UI: every stage's account and per-source tables, the artifacts a stage declares,
+and the run summary; keys per pipeline, figures rounded for reading."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import math
+import re
 from typing import Any
 
+from tasks.core.artifacts import Artifact, Markdown, Table
 from tasks.core.result import StageResult
+from tasks.core.stage import Stage
 
 log = logging.getLogger("llmpipe")
 
 ACCOUNT_KEYS = ("docs_in", "docs_out", "rows_out", "quarantined")
+
+
+def rounded(value: Any, digits: int = 4) -> Any:
+    """Floats to `digits` significant digits (lists and dicts recursively); other values unchanged."""
+    if isinstance(value, float):
+        if not math.isfinite(value) or value == 0:
+            return value
+        return round(value, max(0, digits - 1 - int(math.floor(math.log10(abs(value))))))
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
+def artifact_key(pipeline: str, stage: str, name: str) -> str:
+    """Prefect keys allow lowercase letters, digits and dashes; one key per pipeline, stage and table, so
+    the UI's artifact history of a key follows one pipeline."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{pipeline}-{stage}-{name}".lower()).strip("-")
+
+
+def count_units(stats: dict[str, Any], upstream: list[dict[str, str]]) -> dict[str, str]:
+    """What a data stage's counts are: documents, or passages once a stage upstream split documents.
+    `upstream`: the `counts` of the stages it reads (empty for a stage that reads files)."""
+    unit_in = "passages" if any(c.get("out") == "passages" for c in upstream) else "documents"
+    split_here = stats.get("rows_out", 0) != stats.get("docs_out", 0)
+    return {"in": unit_in, "out": "passages" if split_here else unit_in}
 
 
 def account_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
@@ -21,53 +52,53 @@ def account_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def stage_artifact(stage: str, result: StageResult) -> None:
-    """Tables of what a stage did (and the loss curve); skipped quietly outside a Prefect run."""
-    try:
-        from prefect.artifacts import create_table_artifact
-    except ImportError:
-        return
+def stage_artifacts(pipeline: str, stage: Stage, result: StageResult) -> None:
+    """Publish a finished stage's tables: its account, per-source counts, and what its declaration adds."""
     stats = result.stats
-    rows = account_rows(stats)
-    if rows:
-        create_table_artifact(table=rows, key=f"{stage}-account",
-                              description=f"{stage}: documents in, out, dropped by reason, quarantined")
+    items: list[Artifact] = []
+    if rows := account_rows(stats):
+        items.append(Table("account", rows, "documents in, out, dropped by reason, quarantined"))
     if isinstance(stats.get("sources"), dict):
-        table = [{"source": name, **counts} for name, counts in stats["sources"].items()]
-        create_table_artifact(table=table, key=f"{stage}-sources", description=f"{stage}: counts per source")
-    if stage == "pii":
-        from prefect.artifacts import create_markdown_artifact
+        items.append(Table("sources", [{"source": n, **c} for n, c in stats["sources"].items()], "counts per source"))
+    try:
+        if stage.artifacts is not None:
+            items += stage.artifacts(result)
+        for item in items:
+            publish(pipeline, stage.name, item)
+    except Exception as exc:  # noqa: BLE001 - a UI table must never fail a finished stage
+        log.warning("could not create the %s artifacts: %s", stage.name, exc)
 
-        from tasks.pii.stage import pii_entity_rows, pii_report_markdown
 
-        create_table_artifact(table=pii_entity_rows(stats), key="pii-entities",
-                              description="pii: detected entities (counts only, never values)")
-        create_markdown_artifact(markdown=pii_report_markdown(stats), key="pii-report",
-                                 description="pii: NER status, account and entity counts")
-    if stage == "tokenize":
-        from tasks.tokenizer.stage import publish_stats_artifact
+def publish(pipeline: str, stage: str, item: Artifact) -> None:
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-        publish_stats_artifact(stats)
-    if stage == "pretrain":
-        from tasks.pretrain.stage import publish_artifact
+    key = artifact_key(pipeline, stage, item.name)
+    description = f"{pipeline} / {stage}: {item.description}"
+    if isinstance(item, Table):
+        create_table_artifact(table=[rounded(row) for row in item.rows], key=key, description=description)
+    elif isinstance(item, Markdown):
+        create_markdown_artifact(markdown=item.markdown, key=key, description=description)
 
-        curve = result.files("loss_curve")
-        publish_artifact(stats, Path(curve[0]) if curve else None)
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    lines = [f"# llmpipe run `{summary['pipeline']}`: {summary['status']}", "",
+             "| stage | status | in | out | seconds |", "|---|---|---|---|---|"]
+    for name, entry in summary["stages"].items():
+        stats, counts = entry.get("stats", {}), entry.get("counts") or {}
+        n_in = f"{stats['docs_in']:,} {counts.get('in', 'documents')}" if "docs_in" in stats else ""
+        n_out = f"{stats['rows_out']:,} {counts.get('out', 'documents')}" if "rows_out" in stats else ""
+        if "tokens" in stats and not n_out:
+            n_out = f"{stats['tokens']:,} tokens"
+        lines.append(f"| {name} | {entry['status']} | {n_in} | {n_out} | {entry.get('seconds', 0):.1f} |")
+    return "\n".join(lines)
 
 
 def summary_artifact(summary: dict[str, Any]) -> None:
     try:
         from prefect.artifacts import create_markdown_artifact
-    except ImportError:
-        return
-    lines = [f"# llmpipe run `{summary['pipeline']}`: {summary['status']}", "",
-             "| stage | status | docs in | docs out | seconds |", "|---|---|---|---|---|"]
-    for name, entry in summary["stages"].items():
-        stats = entry.get("stats", {})
-        lines.append(f"| {name} | {entry['status']} | {stats.get('docs_in', '')} | {stats.get('docs_out', '')} "
-                     f"| {entry.get('seconds', 0):.1f} |")
-    try:
-        create_markdown_artifact(markdown="\n".join(lines), key="llmpipe-summary",
-                                 description="per-stage status of this run")
-    except Exception as exc:  # an artifact must never fail a finished run
+
+        create_markdown_artifact(markdown=summary_markdown(summary),
+                                 key=artifact_key(summary["pipeline"], "run", "summary"),
+                                 description=f"{summary['pipeline']}: per-stage status of this run")
+    except Exception as exc:  # noqa: BLE001 - an artifact must never fail a finished run
         log.warning("could not create the summary artifact: %s", exc)

@@ -1,60 +1,78 @@
-"""The stage registry: order, one-line description, config model and Prefect task of every stage."""
+"""The stage registry: every stage's declaration, in the order they are listed, and their Prefect tasks.
+
+Each built stage declares itself once (`STAGE = Stage(...)` at the bottom of `tasks/<stage>/stage.py`);
+this module only lists where the declarations are. Stages that are not built yet are declared here with
+no run function, so the flow and `llmpipe stages` can say so.
+"""
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from tasks.core.config import StageConfig
+from tasks.core.stage import Stage
+
+STAGE_MODULES = ("tasks.collect.stage", "tasks.clean.stage", "tasks.dedup.stage", "tasks.pii.stage",
+                 "tasks.tokenizer.stage", "tasks.pretrain.stage")
+NOT_BUILT = (
+    Stage("evaluate", "perplexity, GLUE and SuperGLUE fine-tuning and scoring", reads=("pretrain", "tokenize")),
+    Stage("bias", "CrowS-Pairs, WinoBias, BBQ and other bias probes", reads=("pretrain",)),
+    Stage("register", "register the model, gate it against the champion, write the model card",
+          reads=("pretrain", "evaluate", "bias")),
+)
 
 
-class NotBuiltConfig(StageConfig):
-    """Config section of a stage that is not implemented yet: it accepts no keys."""
+def _load() -> list[Stage]:
+    stages = [importlib.import_module(m).STAGE for m in STAGE_MODULES] + list(NOT_BUILT)
+    names = [s.name for s in stages]
+    for s in stages:
+        unknown = [r for r in s.reads if r not in names[: names.index(s.name)]]
+        if unknown:  # a declaration error, caught by every test that loads the registry
+            raise RuntimeError(f"stage {s.name} reads {unknown}, which are not declared before it")
+    return stages
 
 
-@dataclass(frozen=True)
-class StageSpec:
-    name: str
-    summary: str
-    module: str | None  # None: not implemented yet (reported as `not_implemented` when run)
-    config: str = ""
-    task: str = ""
-
-    @property
-    def built(self) -> bool:
-        return self.module is not None
-
-    def config_model(self) -> type[StageConfig]:
-        if not self.built:
-            return NotBuiltConfig
-        return getattr(importlib.import_module(self.module), self.config)
-
-    def prefect_task(self) -> Any:
-        return getattr(importlib.import_module(self.module), self.task)
-
-
-STAGES: list[StageSpec] = [
-    StageSpec("collect", "read files, globs, directories, URLs, hub datasets or the demo corpus into Parquet shards",
-              "tasks.collect.stage", "CollectConfig", "collect_task"),
-    StageSpec("clean", "normalize text, strip markup, drop low-quality documents, split into passages",
-              "tasks.clean.stage", "CleanConfig", "clean_task"),
-    StageSpec("dedup", "remove exact and MinHash-LSH near duplicates, against a persistent index",
-              "tasks.dedup.stage", "DedupConfig", "dedup_task"),
-    StageSpec("pii", "detect personal data with presidio and anonymize it; counts only in reports",
-              "tasks.pii.stage", "PiiConfig", "pii_task"),
-    StageSpec("tokenize", "train a byte-level BPE tokenizer and pack token shards with a train/val split",
-              "tasks.tokenizer.stage", "TokenizeConfig", "tokenize_task"),
-    StageSpec("pretrain", "train a GPT (next-token or multi-token prediction) with Accelerate",
-              "tasks.pretrain.stage", "PretrainConfig", "pretrain_task"),
-    StageSpec("evaluate", "perplexity, GLUE and SuperGLUE fine-tuning and scoring", None),
-    StageSpec("bias", "CrowS-Pairs, WinoBias, BBQ and other bias probes", None),
-    StageSpec("register", "register the model, gate it against the champion, write the model card", None),
-]
+STAGES: list[Stage] = _load()
 STAGE_NAMES = [s.name for s in STAGES]
+BY_NAME = {s.name: s for s in STAGES}
 
 
-def spec(name: str) -> StageSpec:
+def downstream_of(name: str) -> set[str]:
+    """Every stage that reads `name`, directly or through others."""
+    out: set[str] = set()
     for s in STAGES:
-        if s.name == name:
-            return s
-    raise KeyError(name)
+        if name in s.reads or out & set(s.reads):
+            out.add(s.name)
+    return out
+
+
+def needed_for(name: str) -> list[str]:
+    """`name` and every stage it reads, directly or not, in registry order (what `--until NAME` runs)."""
+    need = {name}
+    for s in reversed(STAGES):
+        if s.name in need:
+            need.update(s.reads)
+    return [n for n in STAGE_NAMES if n in need]
+
+
+@cache
+def prefect_task(name: str) -> Any:
+    """The stage's Prefect task: cached by its store key, results persisted, retried when worth it."""
+    from prefect import task
+
+    from tasks.core.retry import retry_transient, retry_unless_user_error
+    from tasks.core.stage import execute_stage
+
+    stage = BY_NAME[name]
+
+    def stage_task(plan, cfg, inputs, ctx):
+        return execute_stage(plan, stage, cfg, inputs, ctx)
+
+    stage_task.__qualname__ = stage_task.__name__ = f"{name}_task"
+    return task(name=name, retries=stage.retries, retry_delay_seconds=[2, 5, 15],
+                retry_condition_fn=retry_unless_user_error if stage.resumable else retry_transient,
+                persist_result=True, result_serializer="json", cache_key_fn=_cache_key)(stage_task)
+
+
+def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    return parameters["plan"].cache_key

@@ -47,20 +47,6 @@ def ctx(tmp_path):
                       runner=RunnerConfig(workers=1))
 
 
-def make_docs_result(tmp_path: Path, docs: list[dict], name: str = "up"):
-    """An upstream StageResult holding `docs` (dicts with id, text and optionally source/meta)."""
-    from tasks.core.docs import DocWriter
-    from tasks.core.result import StageResult
-    from tasks.core.store import Store
-
-    store = Store(tmp_path / name)
-    with DocWriter(store, f"{store.root}/docs") as w:
-        for d in docs:
-            w.write(d["id"], d["text"], d.get("source", "test"), d.get("meta"))
-    return StageResult(stage="upstream", key=name, uri=store.root, outputs={"docs": [f"docs/{f}" for f in w.files]},
-                       digest=f"digest-{name}")
-
-
 @pytest.fixture
 def torch_one_thread():
     """Tiny models gain nothing from a second thread, and on a busy 2-core machine every parallel region

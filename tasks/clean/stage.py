@@ -46,11 +46,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tasks.core.config import StageConfig
-from tasks.core.errors import UserError
 from tasks.core.mapstage import UnitWriter, iter_unit_docs, run_map_stage
-from tasks.core.orchestration import make_stage_task
-from tasks.core.result import StageResult
-from tasks.core.stage import RunContext, StageOutput
+from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
 from tasks.core.units import UnitResult, WorkUnit
 
 # --- config ------------------------------------------------------------------------------------------------
@@ -662,13 +659,12 @@ def clean_unit(unit: WorkUnit) -> UnitResult:
     return writer.finish()
 
 
-def run_clean(upstream: list[StageResult], out_uri: str, cfg: CleanConfig, ctx: RunContext) -> StageOutput:
-    if not upstream or "docs" not in upstream[0].outputs:
-        raise UserError("clean needs an upstream stage with document shards (`docs` output), e.g. collect; "
-                        f"got {[r.stage for r in upstream] or 'nothing'}. Run collect first.")
-    output, _ = run_map_stage("clean", "tasks.clean.stage:clean_unit", upstream[0].files("docs"), out_uri, cfg, ctx)
+def run_clean(inputs: Inputs, out_uri: str, cfg: CleanConfig, ctx: RunContext) -> StageOutput:
+    docs = inputs["collect"].files("docs")
+    output, _ = run_map_stage("clean", "tasks.clean.stage:clean_unit", docs, out_uri, cfg, ctx)
     output.outputs.setdefault("docs", [])
     return output
 
 
-clean_task = make_stage_task("clean", run_clean, retries=2)
+STAGE = Stage(name="clean", config=CleanConfig, run=run_clean, reads=("collect",),
+              summary="normalize text, strip markup, drop low-quality documents, split into passages")

@@ -17,9 +17,7 @@ from tasks.collect import sources
 from tasks.core.config import StageConfig, stable_hash
 from tasks.core.errors import UserError
 from tasks.core.mapstage import UnitWriter
-from tasks.core.orchestration import make_stage_task
-from tasks.core.result import StageResult
-from tasks.core.stage import RunContext, StageOutput
+from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
 from tasks.core.store import MANIFEST, Store
 from tasks.core.units import UnitResult, WorkUnit, execute_unit, merge_results
 
@@ -365,7 +363,7 @@ def _scope(ctx: RunContext) -> str:
     return ctx.incremental_scope or ctx.pipeline
 
 
-def run_collect(upstream: list[StageResult], out_uri: str, cfg: CollectConfig, ctx: RunContext) -> StageOutput:
+def run_collect(inputs: Inputs, out_uri: str, cfg: CollectConfig, ctx: RunContext) -> StageOutput:
     if not cfg.sources:
         raise UserError("collect.sources is empty: add a source to the pipeline or pass --source PATH_OR_URL.")
     store = ctx.open_store()
@@ -425,6 +423,6 @@ def _per_source(results: list[UnitResult]) -> dict[str, dict[str, Any]]:
     return table
 
 
-run_collect.key_inputs = collect_key
-run_collect.code_deps = ("tasks.collect.sources",)  # the readers decide what a document is: their code is in the key
-collect_task = make_stage_task("collect", run_collect, retries=2)
+STAGE = Stage(
+    name="collect", config=CollectConfig, run=run_collect, key_inputs=collect_key,
+    summary="read files, globs, directories, URLs, hub datasets or the demo corpus into Parquet shards")

@@ -1,17 +1,21 @@
-"""The stage contract: plan (key + output dir), execute (skip if complete, else run and write the manifest)."""
+"""The stage contract: one `Stage` declaration per stage; plan (key + output dir), execute (skip if complete,
+else run and write the manifest)."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, Field
 
+from tasks.core.artifacts import Artifact
+from tasks.core.codever import code_version
 from tasks.core.config import StageConfig, stable_hash
+from tasks.core.errors import UserError
 from tasks.core.result import StageResult
-from tasks.core.store import Store, code_version, stage_key
+from tasks.core.store import Store, stage_key
 from tasks.core.units import Executor, default_executor
 
 log = logging.getLogger("llmpipe")
@@ -65,6 +69,54 @@ class StageOutput(BaseModel):
     stats: dict[str, Any] = Field(default_factory=dict)
 
 
+Inputs = dict[str, StageResult]  # the results of the stages a stage reads, by stage name
+StageFn = Callable[[Inputs, str, Any, "RunContext"], StageOutput]
+KeyInputsFn = Callable[[Any, "RunContext"], dict[str, Any]]
+ArtifactsFn = Callable[[StageResult], list[Artifact]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage, declared once, at the bottom of its module (`STAGE = Stage(...)`).
+
+    - `config`: the pydantic model of its section of pipelines.yaml; `run(inputs, out_uri, cfg, ctx)`
+      does the work and returns a StageOutput; `inputs` holds the results of the stages named in
+      `reads`, by name. The flow runs a stage once all of those are finished; stages that do not
+      depend on each other run at the same time.
+    - `key_inputs(cfg, ctx)`: what the stage reads besides its upstream results (collect: the source
+      files' sizes and mtimes); it goes into the store key. `uses_pipeline_seed`: the pipeline's top-level
+      seed is part of what it computes (training), so it goes into the key too.
+    - `artifacts(result)`: tables and markdown for the Prefect UI, built from the result (no Prefect
+      import: the flow publishes them).
+    - `resumable`: a failure of any kind but a user error is worth a retry, because a rerun resumes
+      from its checkpoint (training); otherwise only transient errors (network, preemption) are retried.
+    - `run=None` declares a stage that is not built yet: the flow reports it as `not_implemented`.
+    The code version in the store key is computed from the stage's package and everything it imports
+    (tasks/core/codever.py), so nothing here lists code dependencies by hand.
+    """
+
+    name: str
+    summary: str
+    config: type[StageConfig] = StageConfig
+    run: StageFn | None = None
+    reads: tuple[str, ...] = ()
+    artifacts: ArtifactsFn | None = None
+    key_inputs: KeyInputsFn | None = None
+    uses_pipeline_seed: bool = False
+    resumable: bool = False
+    retries: int = 2
+
+    @property
+    def built(self) -> bool:
+        return self.run is not None
+
+    @property
+    def package(self) -> str:
+        """The package (or module) holding the stage's code: the root of its code version."""
+        module = self.run.__module__
+        return module.rpartition(".")[0] if module.endswith(".stage") else module
+
+
 class StagePlan(BaseModel):
     stage: str
     key: str
@@ -79,39 +131,37 @@ class StagePlan(BaseModel):
         return f"llmpipe-{self.stage}-{self.key}-{stable_hash(self.uri, 8)}"
 
 
-StageFn = Callable[[list[StageResult], str, Any, RunContext], StageOutput]
+def _check_inputs(stage: Stage, inputs: Inputs) -> None:
+    missing = [name for name in stage.reads if name not in inputs]
+    if missing:
+        raise UserError(f"stage {stage.name} reads {', '.join(stage.reads)} but got no result for "
+                        f"{', '.join(missing)}; run those stages first (they come before it in the flow).")
 
 
-def plan_stage(stage: str, fn: StageFn, cfg: StageConfig, upstream: list[StageResult],
-               ctx: RunContext) -> StagePlan:
-    """Decide where a stage writes: hash of its config, upstream digests and code version.
-
-    A stage whose inputs are not all upstream results (collect reads files) sets `fn.key_inputs =
-    f(cfg, ctx) -> dict`, which goes into the key too; `fn.code_deps` names further modules whose source
-    counts as the stage's code (pretrain: the model and the training loop).
-    """
+def plan_stage(stage: Stage, cfg: StageConfig, inputs: Inputs, ctx: RunContext) -> StagePlan:
+    """Decide where a stage writes: hash of its config, its inputs' digests and its code version."""
+    _check_inputs(stage, inputs)
     store = ctx.open_store()
-    key_inputs = getattr(fn, "key_inputs", None)
-    extra_key = key_inputs(cfg, ctx) if key_inputs else None
-    inputs = [r.digest for r in upstream]
-    deps = [importlib.util.find_spec(m).origin for m in getattr(fn, "code_deps", ())]  # no import: no torch
-    code = code_version(fn, *deps)
+    extra_key = stage.key_inputs(cfg, ctx) if stage.key_inputs else None
+    digests = [inputs[name].digest for name in stage.reads]
+    code = code_version(stage.package)
     key_cfg = cfg.key_dict() | ({"_extra": extra_key} if extra_key else {})
-    if getattr(fn, "uses_pipeline_seed", False):
+    if stage.uses_pipeline_seed:
         key_cfg["_pipeline_seed"] = ctx.seed
-    key = stage_key(stage, key_cfg, inputs, code)
-    uri = store.stage_dir(stage, key)
-    return StagePlan(stage=stage, key=key, uri=uri, inputs=inputs, code=code, complete=store.is_complete(uri))
+    key = stage_key(stage.name, key_cfg, digests, code)
+    uri = store.stage_dir(stage.name, key)
+    return StagePlan(stage=stage.name, key=key, uri=uri, inputs=digests, code=code,
+                     complete=store.is_complete(uri))
 
 
-def execute_stage(plan: StagePlan, fn: StageFn, cfg: StageConfig, upstream: list[StageResult],
+def execute_stage(plan: StagePlan, stage: Stage, cfg: StageConfig, inputs: Inputs,
                   ctx: RunContext) -> StageResult:
     """Return the finished output if the store has it; otherwise run the stage and publish its manifest."""
     store = ctx.open_store()
     if store.is_complete(plan.uri):
         return result_from_manifest(store, plan.uri, cached=True)
     start = time.perf_counter()
-    out = fn(upstream, plan.uri, cfg, ctx)
+    out = stage.run({name: inputs[name] for name in stage.reads}, plan.uri, cfg, ctx)
     stats = dict(out.stats)
     stats.setdefault("seconds", round(time.perf_counter() - start, 3))
     manifest = store.write_manifest(plan.uri, stage=plan.stage, key=plan.key, config=cfg.canonical(),
@@ -126,8 +176,7 @@ def result_from_manifest(store: Store, uri: str, cached: bool = True) -> StageRe
                        digest=m["digest"], cached=cached)
 
 
-def run_stage(stage: str, fn: StageFn, cfg: StageConfig, upstream: list[StageResult],
-              ctx: RunContext) -> StageResult:
+def run_stage(stage: Stage, cfg: StageConfig, inputs: Inputs, ctx: RunContext) -> StageResult:
     """Plan + execute without Prefect: what tests and library users call."""
-    plan = plan_stage(stage, fn, cfg, upstream, ctx)
-    return execute_stage(plan, fn, cfg, upstream, ctx)
+    plan = plan_stage(stage, cfg, inputs, ctx)
+    return execute_stage(plan, stage, cfg, inputs, ctx)

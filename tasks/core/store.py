@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import inspect
 import json
 import os
 import uuid
@@ -21,7 +20,6 @@ from tasks.core.config import StageConfig, stable_hash
 from tasks.core.errors import UserError
 
 MANIFEST = "_SUCCESS.json"
-CODE_VERSION = "0.1.0"  # bump when the on-disk formats change in a way the source hash would not show
 
 
 class Store:
@@ -143,17 +141,6 @@ def _flatten(outputs: dict[str, Any]) -> list[str]:
         elif isinstance(value, (list, tuple)):
             rels.extend(v for v in value if isinstance(v, str))
     return rels
-
-
-def code_version(*objects: Any) -> str:
-    """Hash of the source files defining `objects` (modules, classes, functions, or file paths) plus
-    CODE_VERSION."""
-    h = hashlib.sha256(CODE_VERSION.encode())
-    for obj in objects:
-        src = obj if isinstance(obj, str) else inspect.getsourcefile(obj)
-        if src:
-            h.update(Path(src).read_bytes())
-    return h.hexdigest()[:16]
 
 
 def stage_key(stage: str, cfg: StageConfig | dict, inputs: list[str], code: str) -> str:

@@ -48,9 +48,7 @@ from tasks.core.config import StageConfig, stable_hash
 from tasks.core.docs import iter_batches
 from tasks.core.errors import UserError
 from tasks.core.mapstage import UnitWriter
-from tasks.core.orchestration import make_stage_task
-from tasks.core.result import StageResult
-from tasks.core.stage import RunContext, StageOutput
+from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
 from tasks.core.store import Store
 from tasks.core.units import UnitResult, WorkUnit, merge_results
 from tasks.dedup.index import (
@@ -88,7 +86,7 @@ from tasks.dedup.minhash import (
 )
 
 __all__ = [  # the stage, and what code using it imports from here (the rest lives in the modules above)
-    "DedupConfig", "run_dedup", "dedup_task", "sketch_unit", "decide_unit", "keep_unit",
+    "DedupConfig", "run_dedup", "STAGE", "sketch_unit", "decide_unit", "keep_unit",
     "KeptBatch", "LocalIndex", "RedisIndex", "Sketcher", "band_keys", "lsh_params",
     "normalize_words", "shingle_set", "clear_index", "committed_generations", "redis_connection_kwargs",
 ]
@@ -514,10 +512,9 @@ def keep_unit(unit: WorkUnit) -> UnitResult:
 # --- the stage ----------------------------------------------------------------------------------------------
 
 
-def run_dedup(upstream: list[StageResult], out_uri: str, cfg: DedupConfig, ctx: RunContext) -> StageOutput:
+def run_dedup(inputs_by_stage: Inputs, out_uri: str, cfg: DedupConfig, ctx: RunContext) -> StageOutput:
     """Sketch in parallel, decide in order, write the kept documents in parallel, then publish the index."""
-    if not upstream:
-        raise UserError("dedup needs an upstream stage with documents (collect or clean) and got none.")
+    upstream = list(inputs_by_stage.values())
     if cfg.backend == "redis":
         open_redis(cfg)
     store, executor, timings = ctx.open_store(), ctx.executor(), {}
@@ -584,5 +581,5 @@ def _stage_output(cfg: DedupConfig, ctx: RunContext, out_uri: str, account: Any,
     return StageOutput(outputs=outputs, stats=stats)
 
 
-run_dedup.code_deps = ("tasks.dedup.minhash", "tasks.dedup.index")  # their source counts as the stage's code
-dedup_task = make_stage_task("dedup", run_dedup, retries=2)
+STAGE = Stage(name="dedup", config=DedupConfig, run=run_dedup, reads=("clean",),
+              summary="remove exact and MinHash-LSH near duplicates, against a persistent index")

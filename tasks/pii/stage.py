@@ -20,12 +20,12 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import Field, field_validator, model_validator
 
+from tasks.core.artifacts import Artifact, Markdown, Table
 from tasks.core.config import StageConfig
 from tasks.core.errors import ConfigError, UserError
 from tasks.core.mapstage import UnitWriter, iter_unit_docs, run_map_stage
-from tasks.core.orchestration import make_stage_task
 from tasks.core.result import StageResult
-from tasks.core.stage import RunContext, StageOutput
+from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
 from tasks.core.units import UnitResult, WorkUnit
 
 # Presidio's email and URL recognizers call tldextract, which downloads the public suffix list unless
@@ -807,14 +807,14 @@ def _bucket(n: int) -> str:
     return "1" if n == 1 else "2-4" if n <= 4 else "5-9" if n <= 9 else "10+"
 
 
-def run_pii(upstream: list[StageResult], out_uri: str, cfg: PiiConfig, ctx: RunContext) -> StageOutput:
+def run_pii(inputs: Inputs, out_uri: str, cfg: PiiConfig, ctx: RunContext) -> StageOutput:
     """Stage entry point: detect and anonymize PII in every upstream document shard."""
     plan = plan_pii(cfg)
     PiiEngine(cfg, plan, load_ner=False)  # config errors (regexes, entities, missing salt) fail here, once
     if plan.warning:
         log.warning("!!! PII WARNING !!! %s", plan.warning)
-    inputs = upstream[0].files("docs") if upstream else []
-    out, _ = run_map_stage("pii", "tasks.pii.stage:pii_unit", inputs, out_uri, cfg, ctx,
+    docs = inputs["dedup"].files("docs")
+    out, _ = run_map_stage("pii", "tasks.pii.stage:pii_unit", docs, out_uri, cfg, ctx,
                            extra={"ner_model": plan.ner_model})
     stats = summarize(out.stats, plan, cfg)
     ctx.open_store().write_json(f"{out_uri}/report.json", pii_report(stats))
@@ -884,5 +884,12 @@ def pii_key(cfg: PiiConfig, ctx: RunContext) -> dict[str, Any]:
     return {"salt": hashlib.sha256(("llmpipe-pii-key\0" + salt).encode()).hexdigest()[:16] if salt else ""}
 
 
-run_pii.key_inputs = pii_key
-pii_task = make_stage_task("pii", run_pii, retries=2)
+def pii_artifacts(result: StageResult) -> list[Artifact]:
+    """The entity table and the report (counts only, never values) for the Prefect UI."""
+    return [Table("entities", pii_entity_rows(result.stats), "detected entities (counts only, never values)"),
+            Markdown("report", pii_report_markdown(result.stats), "NER status, account and entity counts")]
+
+
+STAGE = Stage(name="pii", config=PiiConfig, run=run_pii, reads=("dedup",), key_inputs=pii_key,
+              artifacts=pii_artifacts,
+              summary="detect personal data with presidio and anonymize it; counts only in reports")

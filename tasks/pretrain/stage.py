@@ -22,11 +22,11 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from models.config import GPTConfig, pad_vocab
+from tasks.core.artifacts import Artifact, Markdown
 from tasks.core.config import StageConfig
 from tasks.core.errors import ConfigError, UserError
-from tasks.core.orchestration import make_stage_task, retry_unless_user_error
 from tasks.core.result import StageResult
-from tasks.core.stage import RunContext, StageOutput
+from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
 from tasks.core.token_shards import read_index
 
 log = logging.getLogger("llmpipe.pretrain")
@@ -121,13 +121,10 @@ def build_train_config(cfg: PretrainConfig, index_path: Path, tokenizer_path: Pa
                        seed=pipeline_seed if cfg.seed is None else cfg.seed)
 
 
-def run_pretrain(upstream: list[StageResult], out_uri: str, cfg: PretrainConfig,
-                 ctx: RunContext) -> StageOutput:
-    """Train on upstream[0]'s token index; resumes from out_uri/checkpoints when a run was cut short."""
-    if not upstream or "index" not in upstream[0].outputs:
-        raise UserError("pretrain needs the tokenize stage's output (a token index) as its input")
+def run_pretrain(inputs: Inputs, out_uri: str, cfg: PretrainConfig, ctx: RunContext) -> StageOutput:
+    """Train on the tokenize stage's token index; resumes from out_uri/checkpoints when a run was cut short."""
     store = ctx.open_store()
-    tokens = upstream[0]
+    tokens = inputs["tokenize"]
     index_path = store.local_path(tokens.files("index")[0])
     tokenizer_path = store.local_path(tokens.files("tokenizer")[0]) if "tokenizer" in tokens.outputs else None
     out_dir = store.local_path(out_uri)
@@ -160,12 +157,6 @@ def run_pretrain(upstream: list[StageResult], out_uri: str, cfg: PretrainConfig,
                   "unigram_entropy_nats", "val_unigram_baseline_nats")
     return StageOutput(outputs=outputs, stats={k: summary.get(k) for k in stats_keys if k in summary})
 
-
-# modules whose source decides what training computes, beyond this file (for the stage's code version;
-# names, not imports, so planning a flow does not import torch)
-run_pretrain.uses_pipeline_seed = True  # the store key then includes the pipeline's seed
-run_pretrain.code_deps = ("models.config", "models.gpt", "models.mtp", "tasks.pretrain.loop",
-                          "tasks.core.token_shards")
 
 
 # several processes ---------------------------------------------------------------------------------
@@ -213,23 +204,9 @@ def launch(run_json: Path, num_processes: int, distributed: str,
 
 # reporting -------------------------------------------------------------------------------------------
 def _emitter() -> Callable[[str], None]:
-    """Training log lines go to this module's logger (the CLI prints it) and, inside a flow run, to
-    Prefect's run logger too (the UI shows them)."""
-    run_logger = None
-    if "prefect" in sys.modules:
-        try:
-            from prefect import get_run_logger
-
-            run_logger = get_run_logger()
-        except Exception:  # not inside a run
-            pass
-
-    def emit(line: str) -> None:
-        log.info(line)
-        if run_logger is not None:
-            run_logger.info(line)
-
-    return emit
+    """Training log lines go to this module's logger: the CLI prints it, and inside a flow run the flow
+    sends the `llmpipe` loggers to Prefect (the UI's Logs tab)."""
+    return log.info
 
 
 def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
@@ -272,23 +249,16 @@ def write_loss_curve(out_dir: Path) -> Path | None:
     return png
 
 
-def publish_artifact(summary: dict[str, Any], png: Path | None) -> None:
-    """A markdown artifact (summary table + loss curve) when running inside a Prefect flow."""
-    if "prefect" not in sys.modules:
-        return
-    try:
-        from prefect.artifacts import create_markdown_artifact
-        from prefect.context import get_run_context
-
-        get_run_context()
-    except Exception:  # not in a run
-        return
-    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, (list, dict)))
+def pretrain_artifacts(result: StageResult) -> list[Artifact]:
+    """The run's figures and its loss curve (an inline PNG) for the Prefect UI."""
+    rows = "\n".join(f"| {k} | {v} |" for k, v in result.stats.items() if not isinstance(v, (list, dict)))
     image = ""
-    if png:
-        image = f"\n\n![loss curve](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})"
-    create_markdown_artifact(key="pretrain-loss-curve", description="pretraining loss curve",
-                             markdown=f"## Pretraining\n\n| stat | value |\n|---|---|\n{rows}{image}")
+    curve = result.files("loss_curve")
+    if curve and Path(curve[0]).is_file():
+        png = base64.b64encode(Path(curve[0]).read_bytes()).decode()
+        image = f"\n\n![loss curve](data:image/png;base64,{png})"
+    return [Markdown("training", f"## Pretraining\n\n| stat | value |\n|---|---|\n{rows}{image}",
+                     "figures and loss curve")]
 
 
 # `accelerate launch -m tasks.pretrain --config run.json` ----------------------------------------------
@@ -317,4 +287,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-pretrain_task = make_stage_task("pretrain", run_pretrain, retries=2, retry_condition=retry_unless_user_error)
+STAGE = Stage(name="pretrain", config=PretrainConfig, run=run_pretrain, reads=("tokenize",),
+              uses_pipeline_seed=True, resumable=True, artifacts=pretrain_artifacts,
+              summary="train a GPT (next-token or multi-token prediction) with Accelerate")

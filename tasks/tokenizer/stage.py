@@ -39,12 +39,12 @@ import xxhash
 from pydantic import Field, model_validator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from tasks.core.artifacts import Artifact, Table
 from tasks.core.config import StageConfig
 from tasks.core.docs import iter_batches
 from tasks.core.errors import ConfigError, UserError
-from tasks.core.orchestration import make_stage_task
 from tasks.core.result import Account, StageResult
-from tasks.core.stage import RunContext, StageOutput
+from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
 from tasks.core.store import Store
 from tasks.core.token_shards import ShardWriter, dtype_for_vocab, read_index, write_index
 
@@ -524,26 +524,9 @@ def stats_table(stats: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def publish_stats_artifact(stats: dict[str, Any]) -> bool:
-    """Show the stats as a table artifact of the current Prefect run; outside a run, do nothing."""
-    try:
-        from prefect.context import get_run_context
-        from prefect.exceptions import MissingContextError
-    except ImportError:
-        return False
-    try:
-        get_run_context()
-    except MissingContextError:
-        return False
-    from prefect.artifacts import create_table_artifact
-
-    try:
-        create_table_artifact(table=stats_table(stats), key="tokenize-stats",
-                              description="Tokenize stage: documents, bytes, tokens per split, tokenizer")
-    except Exception as exc:  # noqa: BLE001 - an artifact is a report, not a result: never fail the stage
-        log.warning("could not create the tokenize-stats artifact: %s", exc)
-        return False
-    return True
+def tokenize_artifacts(result: StageResult) -> list[Artifact]:
+    """The stats as a table for the Prefect UI."""
+    return [Table("stats", stats_table(result.stats), "documents, bytes, tokens per split, tokenizer")]
 
 
 # the stage ---------------------------------------------------------------------------------------------
@@ -589,8 +572,7 @@ def _set_encode_threads(workers: int) -> None:
         os.environ["RAYON_NUM_THREADS"] = str(workers)
 
 
-def run_tokenize(upstream: list[StageResult], out_uri: str, cfg: TokenizeConfig,
-                 ctx: RunContext) -> StageOutput:
+def run_tokenize(inputs: Inputs, out_uri: str, cfg: TokenizeConfig, ctx: RunContext) -> StageOutput:
     """Train or load the tokenizer, pack every input document into token shards, write the index."""
     store = ctx.open_store()
     out_dir = store.local_path(out_uri)
@@ -598,7 +580,7 @@ def run_tokenize(upstream: list[StageResult], out_uri: str, cfg: TokenizeConfig,
     shutil.rmtree(tokens_dir, ignore_errors=True)  # leftovers of a killed attempt are never reused
     tokens_dir.mkdir(parents=True)
     _set_encode_threads(cfg.workers)
-    doc_uris = [uri for result in upstream for uri in result.files("docs")]
+    doc_uris = inputs["pii"].files("docs")
     previous = load_previous(cfg.append_to, tokens_dir) if cfg.append_to else None
 
     tok, tok_info = obtain_tokenizer(store, doc_uris, cfg, previous, out_dir / "tokenizer.json")
@@ -629,6 +611,6 @@ def run_tokenize(upstream: list[StageResult], out_uri: str, cfg: TokenizeConfig,
     return StageOutput(outputs=outputs, stats=stats)
 
 
-run_tokenize.key_inputs = tokenize_key_extra
-run_tokenize.code_deps = ("tasks.core.token_shards",)  # the shard format is part of what the stage produces
-tokenize_task = make_stage_task("tokenize", run_tokenize, retries=2)
+STAGE = Stage(name="tokenize", config=TokenizeConfig, run=run_tokenize, reads=("pii",),
+              key_inputs=tokenize_key_extra, artifacts=tokenize_artifacts,
+              summary="train a byte-level BPE tokenizer and pack token shards with a train/val split")

@@ -183,7 +183,8 @@ def test_whole_pipeline_smoke_on_cpu(tmp_path):
     model_dir = Path(pre["uri"]) / "model"
     assert (model_dir / "model.safetensors").exists() and (model_dir / "tokenizer.json").exists()
     keys = _artifact_keys(s["run_id"])
-    assert {"collect-sources", "pii-entities", "tokenize-stats", "pretrain-loss-curve", "llmpipe-summary"} <= keys
+    assert {"demo-collect-sources", "demo-pii-entities", "demo-tokenize-stats", "demo-pretrain-training",
+            "demo-run-summary", "demo-dedup-account"} <= keys
 
 
 def _artifact_keys(flow_run_id: str) -> set[str]:

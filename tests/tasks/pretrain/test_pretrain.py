@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from tasks.core.errors import ConfigError
-from tasks.core.orchestration import retry_unless_user_error
+from tasks.core.retry import retry_unless_user_error
 from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, RunnerConfig, run_stage
 from tasks.pretrain.stage import (
@@ -24,7 +24,7 @@ from tasks.pretrain.stage import (
     build_train_config,
     launch_command,
     main,
-    pretrain_task,
+    STAGE,
     run_pretrain,
 )
 from tasks.pretrain.loop import phrase_tokens, write_token_index
@@ -61,7 +61,7 @@ def context(tmp_path) -> RunContext:
 @pytest.fixture(scope="module")
 def finished(tokens, tmp_path_factory):
     ctx = context(tmp_path_factory.mktemp("run"))
-    return run_stage("pretrain", run_pretrain, stage_config(), [tokens], ctx), ctx
+    return run_stage(STAGE, stage_config(), {"tokenize": tokens}, ctx), ctx
 
 
 def test_config_defaults_and_errors():
@@ -102,7 +102,7 @@ def test_stage_outputs_stats_and_lineage(finished, tokens):
     assert lineage["stage_config"]["n_future"] == 2
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["model"]["n_future"] == 2 and config["model"]["vocab_size"] == 256
-    again = run_stage("pretrain", run_pretrain, stage_config(), [tokens], ctx)
+    again = run_stage(STAGE, stage_config(), {"tokenize": tokens}, ctx)
     assert again.cached and again.digest == result.digest
 
 
@@ -125,7 +125,7 @@ def test_rerun_after_a_hard_kill_resumes_from_the_last_checkpoint(finished, toke
     assert latest.exists(), "the run never wrote a checkpoint"
     killed_at = int(latest.read_text().split("-")[1])
     assert 0 < killed_at < 60
-    result = run_pretrain([tokens], str(out), cfg, ctx)
+    result = run_pretrain({"tokenize": tokens}, str(out), cfg, ctx)
     assert result.stats["resumed_from_step"] >= killed_at and result.stats["steps"] == 60
     ref = load_file(str(Path(reference.uri) / "model" / "model.safetensors"))
     got = load_file(str(out / "model" / "model.safetensors"))
@@ -137,9 +137,9 @@ def test_two_processes_match_one_on_the_same_global_batch(tokens, tmp_path):
     """accelerate launch, 2 CPU processes over gloo: DDP with the memory-saving head order and gradient
     accumulation (no_sync on the first micro-batch)."""
     cfg = stage_config(max_steps=8, grad_accum=2, eval_every=0, checkpoint_every=4, log_every=4)
-    one = run_stage("pretrain", run_pretrain, cfg, [tokens], context(tmp_path / "one"))
+    one = run_stage(STAGE, cfg, {"tokenize": tokens}, context(tmp_path / "one"))
     two_cfg = cfg.model_copy(update={"micro_batch": 4, "num_processes": 2})
-    two = run_stage("pretrain", run_pretrain, two_cfg, [tokens], context(tmp_path / "two"))
+    two = run_stage(STAGE, two_cfg, {"tokenize": tokens}, context(tmp_path / "two"))
     assert two.stats["processes"] == 2 and two.stats["tokens"] == one.stats["tokens"]
     a = load_file(str(Path(one.uri) / "model" / "model.safetensors"))
     b = load_file(str(Path(two.uri) / "model" / "model.safetensors"))
@@ -164,4 +164,7 @@ def test_launch_command_and_task():
     assert cmd[cmd.index("--num_processes") + 1] == "4"
     assert cmd[cmd.index("--config_file") + 1].endswith("infra/accelerate/fsdp.yaml")
     assert cmd[-4:] == ["-m", "tasks.pretrain", "--config", "/r/run.json"]
-    assert pretrain_task.task.retries == 2 and pretrain_task.task.retry_condition_fn is retry_unless_user_error
+    from flows.stages import prefect_task
+
+    task = prefect_task("pretrain")
+    assert STAGE.resumable and task.retries == 2 and task.retry_condition_fn is retry_unless_user_error

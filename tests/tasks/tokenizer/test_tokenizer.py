@@ -22,8 +22,8 @@ from tasks.tokenizer.stage import (
     cut_text,
     cuts_between_words,
     new_tokenizer,
-    publish_stats_artifact,
-    run_tokenize,
+    tokenize_artifacts,
+    STAGE,
     split_key,
     split_of,
     stats_table,
@@ -85,7 +85,7 @@ def context(root: Path) -> RunContext:
 
 def tokenize(root: Path, upstream: StageResult, **cfg) -> StageResult:
     cfg.setdefault("vocab_size", 400)
-    return run_stage("tokenize", run_tokenize, TokenizeConfig(**cfg), [upstream], context(root))
+    return run_stage(STAGE, TokenizeConfig(**cfg), {"pii": upstream}, context(root))
 
 
 def split_streams(index_path: str | Path) -> dict[str, np.ndarray]:
@@ -437,31 +437,9 @@ def test_transformers_loads_the_tokenizer(packed):
     assert fast.eos_token_id == 0 and fast.pad_token_id == 1
 
 
-def test_artifact_table_and_no_op_outside_a_prefect_run(packed):
+def test_artifact_table(packed):
     table = stats_table(packed.stats)
     assert {"metric": "tokens_by_split.train", "value": str(packed.stats["tokens_by_split"]["train"])} in table
     assert {"metric": "bytes_per_token", "value": str(packed.stats["bytes_per_token"])} in table
-    assert publish_stats_artifact(packed.stats) is False
-
-
-def test_artifact_is_created_inside_a_flow(prefect_server):
-    from prefect import flow
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    from prefect.client.schemas.filters import ArtifactFilterFlowRunId
-    from prefect.context import get_run_context
-
-    @flow
-    def report() -> tuple[bool, str]:
-        published = publish_stats_artifact({"docs": 3, "tokens_by_split": {"train": 10, "val": 2}})
-        return published, str(get_run_context().flow_run.id)
-
-    published, run_id = report()
-    assert published is True
-    with get_client(sync_client=True) as client:
-        key = ArtifactFilterKey(any_=["tokenize-stats"])
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=key, flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
-    table = json.loads(found[0].data) if isinstance(found[0].data, str) else found[0].data
-    assert {"metric": "tokens_by_split.val", "value": "2"} in table
+    (artifact,) = tokenize_artifacts(packed)
+    assert artifact.name == "stats" and artifact.rows == table
