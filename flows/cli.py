@@ -27,7 +27,10 @@ def _setup_env(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    console = logging.StreamHandler()  # INFO records reach the API handlers; the console shows them with -v
+    console.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[console],
+                        format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("llmpipe").setLevel(logging.INFO)
     training = logging.getLogger("llmpipe.pretrain")  # step, loss, tokens/s, ETA while a model trains

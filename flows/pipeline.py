@@ -21,10 +21,10 @@ from prefect.states import Completed
 
 from flows import executors, report
 from flows.config import dump_yaml, load_pipeline, read_config_file
-from flows.stages import BY_NAME, STAGE_NAMES, STAGES, needed_for, prefect_task
+from flows.stages import STAGE_NAMES, STAGES, needed_for, prefect_task
 from tasks.core.errors import ConfigError, UserError
 from tasks.core.result import StageResult
-from tasks.core.stage import RunContext, plan_stage, register_executor
+from tasks.core.stage import RunContext, Stage, plan_stage, register_executor
 from tasks.core.store import Store
 
 log = logging.getLogger("llmpipe")
@@ -68,7 +68,8 @@ def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] 
     try:
         with executors.unit_runner(cfg.runner) as unit_executor:
             register_executor(run_id, unit_executor.with_progress(progress))
-            _run_graph(cfg, ctx, until, summary, progress)
+            summary["runner"] = {"kind": cfg.runner.kind, "task_runner": type(unit_executor.runner).__name__}
+            run_graph(cfg, ctx, until, summary, progress)
     finally:
         register_executor(run_id, None)
         summary["seconds"] = round(time.perf_counter() - summary.pop("_t0"), 3)
@@ -105,9 +106,11 @@ def _tag_run(flow_run: Any, pipeline: str) -> None:
         log.warning("could not tag the flow run: %s", exc)
 
 
-def _run_graph(cfg: Any, ctx: RunContext, until: str | None, summary: dict, progress: Progress) -> None:
+def run_graph(cfg: Any, ctx: RunContext, until: str | None, summary: dict, progress: Progress,
+              stages: list[Stage] = STAGES) -> None:
     """Start every stage whose inputs are finished; wait for one to end; repeat until none can start."""
-    wanted = needed_for(until) if until else STAGE_NAMES
+    wanted = needed_for(until, stages) if until else [s.name for s in stages]
+    names = [s.name for s in stages]
     results: dict[str, StageResult] = {}
     status: dict[str, str] = {}
     running: dict[Future, str] = {}
@@ -115,7 +118,7 @@ def _run_graph(cfg: Any, ctx: RunContext, until: str | None, summary: dict, prog
     failure: BaseException | None = None
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="stage") as pool:
         while True:
-            for stage in STAGES:
+            for stage in stages:
                 if stage.name not in wanted or stage.name in status or stage.name in running.values():
                     continue
                 blocked = [r for r in stage.reads if status.get(r) in BLOCKED]
@@ -131,7 +134,7 @@ def _run_graph(cfg: Any, ctx: RunContext, until: str | None, summary: dict, prog
                     continue
                 if stage.built and all(r in results for r in stage.reads):
                     counts = {n: e["counts"] for n, e in summary["stages"].items() if "counts" in e}
-                    running[pool.submit(copy_context().run, _run_one, stage.name, cfg, ctx, dict(results),
+                    running[pool.submit(copy_context().run, _run_one, stage, cfg, ctx, dict(results),
                                         counts, progress)] = stage.name
             if not running:
                 break
@@ -146,7 +149,7 @@ def _run_graph(cfg: Any, ctx: RunContext, until: str | None, summary: dict, prog
                     status[name] = "failed"
                     _record(summary, name, exc.entry, progress)
                     failure = failure or exc.__cause__ or exc
-    summary["stages"] = {n: summary["stages"][n] for n in STAGE_NAMES if n in summary["stages"]}
+    summary["stages"] = {n: summary["stages"][n] for n in names if n in summary["stages"]}
     if failure is not None:
         summary["status"] = "failed"
         raise failure
@@ -159,17 +162,17 @@ class _StageFailed(Exception):
         self.entry = entry
 
 
-def _run_one(name: str, cfg: Any, ctx: RunContext, results: dict[str, StageResult],
+def _run_one(stage: Stage, cfg: Any, ctx: RunContext, results: dict[str, StageResult],
              counts: dict[str, dict[str, str]], progress: Progress) -> tuple[StageResult, dict[str, Any]]:
     """Plan one stage, run its Prefect task (a cache hit when the store has it), publish its artifacts."""
-    stage = BY_NAME[name]
+    name = stage.name
     stage_cfg = getattr(cfg, name)
     inputs = {r: results[r] for r in stage.reads}
     start = time.perf_counter()
     try:
         plan = plan_stage(stage, stage_cfg, inputs, ctx)
         progress("start", {"stage": name, "cached": plan.complete})
-        result = prefect_task(name).with_options(refresh_cache=not plan.complete)(plan, stage_cfg, inputs, ctx)
+        result = prefect_task(stage).with_options(refresh_cache=not plan.complete)(plan, stage_cfg, inputs, ctx)
     except BaseException as exc:
         entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "stats": {}, "outputs": {},
                  "seconds": round(time.perf_counter() - start, 3)}

@@ -37,33 +37,24 @@ STAGE_NAMES = [s.name for s in STAGES]
 BY_NAME = {s.name: s for s in STAGES}
 
 
-def downstream_of(name: str) -> set[str]:
-    """Every stage that reads `name`, directly or through others."""
-    out: set[str] = set()
-    for s in STAGES:
-        if name in s.reads or out & set(s.reads):
-            out.add(s.name)
-    return out
-
-
-def needed_for(name: str) -> list[str]:
-    """`name` and every stage it reads, directly or not, in registry order (what `--until NAME` runs)."""
+def needed_for(name: str, stages: list[Stage] = STAGES) -> list[str]:
+    """`name` and every stage it reads, directly or not, in list order (what `--until NAME` runs)."""
     need = {name}
-    for s in reversed(STAGES):
+    for s in reversed(stages):
         if s.name in need:
             need.update(s.reads)
-    return [n for n in STAGE_NAMES if n in need]
+    return [s.name for s in stages if s.name in need]
 
 
 @cache
-def prefect_task(name: str) -> Any:
+def prefect_task(stage: Stage) -> Any:
     """The stage's Prefect task: cached by its store key, results persisted, retried when worth it."""
     from prefect import task
 
     from tasks.core.retry import retry_transient, retry_unless_user_error
     from tasks.core.stage import execute_stage
 
-    stage = BY_NAME[name]
+    name = stage.name
 
     def stage_task(plan, cfg, inputs, ctx):
         return execute_stage(plan, stage, cfg, inputs, ctx)

@@ -185,6 +185,28 @@ def test_whole_pipeline_smoke_on_cpu(tmp_path):
     keys = _artifact_keys(s["run_id"])
     assert {"demo-collect-sources", "demo-pii-entities", "demo-tokenize-stats", "demo-pretrain-training",
             "demo-run-summary", "demo-dedup-account"} <= keys
+    run, logs = _flow_run_and_logs(s["run_id"])
+    # what the Prefect UI shows: the pipeline in the name and tags, llmpipe's status as the state, and
+    # stage and training progress in the Logs tab at INFO without -v
+    assert run.name.startswith("demo-") and {"llmpipe", "pipeline:demo"} <= set(run.tags)
+    assert run.state.name == "Partial" and run.state.type.value == "COMPLETED"
+    assert any(m.startswith("step 30/30 | loss") for m in logs)
+    assert sum(m.startswith("step 30/30 | loss") for m in logs) == 1, "each training line reaches the UI once"
+
+
+def _flow_run_and_logs(flow_run_id: str):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def fetch():
+        async with get_client() as client:
+            run = await client.read_flow_run(flow_run_id)
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            return run, [entry.message for entry in logs]
+
+    return asyncio.run(fetch())
 
 
 def _artifact_keys(flow_run_id: str) -> set[str]:

@@ -166,5 +166,5 @@ def test_launch_command_and_task():
     assert cmd[-4:] == ["-m", "tasks.pretrain", "--config", "/r/run.json"]
     from flows.stages import prefect_task
 
-    task = prefect_task("pretrain")
+    task = prefect_task(STAGE)
     assert STAGE.resumable and task.retries == 2 and task.retry_condition_fn is retry_unless_user_error
