@@ -108,8 +108,14 @@ def test_dask_with_redis_index_equals_local_run(tmp_path):
               "--set", "collect.max_doc_chars=3000"]
     local = _summary(tmp_path, "local", *common, "--set", f"store={tmp_path / 'local'}",
                      "--set", "runner.workers=2")
-    dask = _summary(tmp_path, "dask", *common, "--set", f"store={tmp_path / 'dask'}", "--set", "runner.kind=dask",
-                    "--set", "runner.dask_workers=2", "--set", "dedup.backend=redis")
+    # the flow itself, called as a deployment calls it (no CLI): it must open the runner the config asks for
+    from flows.pipeline import pipeline_flow
+
+    dask = pipeline_flow(pipeline="demo", until="pii", overrides=[
+        "collect.max_docs=150", "pii.nlp_model=null", "collect.max_doc_chars=3000", f"store={tmp_path / 'dask'}",
+        "runner.kind=dask", "runner.dask_workers=2", "dedup.backend=redis"])
+    assert local["runner"]["task_runner"] == "ThreadPoolTaskRunner"
+    assert dask["runner"] == {"kind": "dask", "task_runner": "DaskTaskRunner"}
     try:
         for stage in ("collect", "clean", "dedup", "pii"):
             a, b = local["stages"][stage], dask["stages"][stage]

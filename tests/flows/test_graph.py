@@ -87,3 +87,16 @@ def test_registry_declarations_read_earlier_stages():
     built = [s for s in STAGES if s.built]
     assert [s.name for s in built] == ["collect", "clean", "dedup", "pii", "tokenize", "pretrain"]
     assert all(s.package == f"tasks.{'tokenizer' if s.name == 'tokenize' else s.name}" for s in built)
+
+
+def test_flow_parameters_are_typed_for_the_ui_form(tmp_path):
+    from flows.pipeline import build_pipeline_flow, pipeline_flow
+
+    props = pipeline_flow.parameters.model_dump()["properties"]
+    assert {"demo", "books", "gpt2-small"} <= set(props["pipeline"]["enum"])
+    assert props["until"]["anyOf"][0]["enum"][:6] == ["collect", "clean", "dedup", "pii", "tokenize", "pretrain"]
+    assert "dotted path" in props["overrides"]["description"]
+    own = tmp_path / "mine.yaml"
+    own.write_text("pipelines:\n  small: {}\n  big: {}\n")
+    props = build_pipeline_flow(str(own)).parameters.model_dump()["properties"]
+    assert props["pipeline"]["enum"] == ["small", "big"] and props["config_file"]["default"] == str(own)
