@@ -1,10 +1,19 @@
 """Shard-level work units: the parallel, resumable part of every data stage.
 
-A stage splits its input into units (usually one per input shard). Each unit writes its own
-output files and then a marker `_units/<unit_id>.json` holding its account; a rerun after a kill
-skips units that have a marker and redoes the rest. Units run through an Executor: serially, on a
-local process pool, or as Prefect tasks on the flow's task runner (local threads feeding a
-process pool, or a Dask cluster).
+A stage splits its input into units. Each unit writes its own output files and then a marker
+`_units/<unit_id>.json` holding its account; a rerun after a kill skips units that have a marker and
+redoes the rest. Units run through an Executor: serially, on a local process pool, or as Prefect tasks
+on the flow's task runner (local threads feeding a process pool, or a Dask cluster). Unit ids depend on
+the input only, never on the worker count, so a resumed or re-scaled run finds the same units.
+
+Two ways to plan units, and only two:
+- map stages (clean, pii, and any stage that treats each document on its own): `run_map_stage` in
+  tasks/core/mapstage.py cuts the input Parquet shards into spans of row groups (about 512 rows), one
+  unit each; the unit function reports every document to a `UnitWriter` (keep, drop, quarantine).
+- stages whose units are not spans of input shards build their `WorkUnit`s themselves and call
+  `ctx.executor().map_units`: collect (units are source items: files, URLs, hub datasets) and dedup
+  (three phases: sketch each shard in parallel, one ordered decide unit, write each shard in parallel;
+  the ordered middle keeps the result independent of the worker count).
 """
 from __future__ import annotations
 
