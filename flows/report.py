@@ -3,30 +3,16 @@ and the run summary; keys per pipeline, figures rounded for reading."""
 from __future__ import annotations
 
 import logging
-import math
 import re
 from typing import Any
 
-from tasks.core.artifacts import Artifact, Markdown, Table
+from tasks.core.artifacts import Artifact, Markdown, Table, rounded
 from tasks.core.result import StageResult
 from tasks.core.stage import Stage
 
 log = logging.getLogger("llmpipe")
 
 ACCOUNT_KEYS = ("docs_in", "docs_out", "rows_out", "quarantined")
-
-
-def rounded(value: Any, digits: int = 4) -> Any:
-    """Floats to `digits` significant digits (lists and dicts recursively); other values unchanged."""
-    if isinstance(value, float):
-        if not math.isfinite(value) or value == 0:
-            return value
-        return round(value, max(0, digits - 1 - int(math.floor(math.log10(abs(value))))))
-    if isinstance(value, dict):
-        return {k: rounded(v, digits) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [rounded(v, digits) for v in value]
-    return value
 
 
 def artifact_key(pipeline: str, stage: str, name: str) -> str:

@@ -5,6 +5,7 @@ pipeline (`<pipeline>-<stage>-<name>`) and figures rounded for reading. Stage co
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -24,3 +25,16 @@ class Markdown:
 
 
 Artifact = Union[Table, Markdown]
+
+
+def rounded(value: Any, digits: int = 4) -> Any:
+    """Floats to `digits` significant digits (lists and dicts recursively); other values unchanged."""
+    if isinstance(value, float):
+        if not math.isfinite(value) or value == 0:
+            return value
+        return round(value, max(0, digits - 1 - int(math.floor(math.log10(abs(value))))))
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    return value

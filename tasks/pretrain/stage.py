@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from models.config import GPTConfig, pad_vocab
-from tasks.core.artifacts import Artifact, Markdown
+from tasks.core.artifacts import Artifact, Markdown, rounded
 from tasks.core.config import StageConfig
 from tasks.core.errors import ConfigError, UserError
 from tasks.core.result import StageResult
@@ -251,7 +251,7 @@ def write_loss_curve(out_dir: Path) -> Path | None:
 
 def pretrain_artifacts(result: StageResult) -> list[Artifact]:
     """The run's figures and its loss curve (an inline PNG) for the Prefect UI."""
-    rows = "\n".join(f"| {k} | {v} |" for k, v in result.stats.items() if not isinstance(v, (list, dict)))
+    rows = "\n".join(f"| {k} | {rounded(v)} |" for k, v in result.stats.items() if not isinstance(v, (list, dict)))
     image = ""
     curve = result.files("loss_curve")
     if curve and Path(curve[0]).is_file():

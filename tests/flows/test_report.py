@@ -1,7 +1,8 @@
 """Artifacts for the Prefect UI: keys per pipeline, rounded figures, documents vs passages, the summary."""
 from __future__ import annotations
 
-from flows.report import artifact_key, count_units, rounded, summary_markdown
+from flows.report import artifact_key, count_units, summary_markdown
+from tasks.core.artifacts import rounded
 
 
 def test_rounded_keeps_four_significant_digits_but_whole_numbers_whole():
