@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stages", help="list the stages in order")
 
+    ver = sub.add_parser("verify", help="check a pipeline's finished outputs against their manifests "
+                                        "(every file's size and SHA-256)")
+    ver.add_argument("pipeline", nargs="?", default="demo")
+    ver.add_argument("-c", "--config")
+    ver.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ver.add_argument("--sizes-only", action="store_true", help="check sizes only (no reading of every byte)")
+
     show = sub.add_parser("show-config", help="print a pipeline's resolved config as YAML")
     show.add_argument("pipeline", nargs="?", default="demo")
     show.add_argument("-c", "--config")
@@ -100,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": cmd_run, "validate": cmd_validate, "stages": cmd_stages,
-                "show-config": cmd_show_config}[args.command](args)
+                "show-config": cmd_show_config, "verify": cmd_verify}[args.command](args)
     except UserError as exc:
         print(f"llmpipe: error: {exc}", file=sys.stderr)
         return 2
@@ -126,6 +133,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for name, msgs in notes.items():
         print(f"{name}: ok" + (f" ({'; '.join(msgs)})" if msgs else ""))
     print(f"{path}: {len(notes)} pipelines valid")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from flows.verify import verify_pipeline
+
+    rows = verify_pipeline(args.pipeline, args.config, args.overrides, hashes=not args.sizes_only)
+    for row in rows:
+        detail = row["detail"] if isinstance(row["detail"], str) else "; ".join(row["detail"])
+        print(f"  {row['stage']:<9} {row['status']:<12} {detail}")
+    damaged = [r["stage"] for r in rows if r["status"] == "damaged"]
+    if damaged:
+        print(f"llmpipe: damaged: {', '.join(damaged)}; their manifests are withdrawn. Rerun "
+              f"`llmpipe run {args.pipeline}` to redo them from what is intact.")
+        return 1
     return 0
 
 

@@ -10,7 +10,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, create_model
@@ -29,6 +29,9 @@ def _build_pipeline_model() -> type[StageConfig]:
         "description": (str, ""),
         "store": (str, "./store"),
         "seed": (int, 1337),
+        # how a finished stage output is checked before it is reused: file sizes (a stat per file) or
+        # also SHA-256s (reads every byte)
+        "verify": (Literal["sizes", "hashes"], "sizes"),
         "runner": (RunnerConfig, Field(default_factory=RunnerConfig)),
     }
     for s in STAGES:

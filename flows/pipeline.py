@@ -52,7 +52,8 @@ def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] 
     flow_run = get_run_context().flow_run
     run_id = str(flow_run.id)
     _tag_run(flow_run, name)
-    ctx = RunContext(store=cfg.store, pipeline=name, run_id=run_id, seed=cfg.seed, runner=cfg.runner)
+    ctx = RunContext(store=cfg.store, pipeline=name, run_id=run_id, seed=cfg.seed, runner=cfg.runner,
+                     verify=cfg.verify)
     summary = _new_summary(name, run_id, cfg, until, config_file)
     store = Store(cfg.store)
     run_dir = store.join("runs", run_id)
@@ -85,13 +86,21 @@ def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] 
 def _send_logs_to_prefect() -> None:
     """Our `llmpipe.*` lines (stage and training progress) go to the run's Logs tab at INFO, whatever
     started the run (the command line, a deployment, the UI); the console keeps its own level."""
+    from prefect.context import FlowRunContext, TaskRunContext
     from prefect.logging.handlers import APILogHandler
+
+    class RunLogHandler(APILogHandler):
+        """Lines logged inside a flow or task run; others (`llmpipe verify`, plain calls) stay local."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if FlowRunContext.get() or TaskRunContext.get():
+                super().emit(record)
 
     logger = logging.getLogger("llmpipe")
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
     if not any(isinstance(h, APILogHandler) for h in logger.handlers):
-        logger.addHandler(APILogHandler())
+        logger.addHandler(RunLogHandler())
 
 
 def _tag_run(flow_run: Any, pipeline: str) -> None:
@@ -178,6 +187,7 @@ def _run_one(stage: Stage, cfg: Any, ctx: RunContext, results: dict[str, StageRe
                  "seconds": round(time.perf_counter() - start, 3)}
         raise _StageFailed(entry) from exc
     entry = {"status": "cached" if (plan.complete or result.cached) else "completed", "stats": result.stats,
+             **({"repaired": plan.damaged} if plan.damaged else {}),
              "outputs": result.outputs, "uri": result.uri, "seconds": round(time.perf_counter() - start, 3),
              "counts": report.count_units(result.stats, [counts[r] for r in stage.reads if r in counts])}
     report.stage_artifacts(ctx.pipeline, stage, result)

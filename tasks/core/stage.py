@@ -15,7 +15,7 @@ from tasks.core.codever import code_version
 from tasks.core.config import StageConfig, stable_hash
 from tasks.core.errors import UserError
 from tasks.core.result import StageResult
-from tasks.core.store import Store, stage_key
+from tasks.core.store import MANIFEST, Store, stage_key
 from tasks.core.units import Executor, default_executor
 
 log = logging.getLogger("llmpipe")
@@ -39,6 +39,7 @@ class RunContext(BaseModel):
     seed: int = 0
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     incremental_scope: str = ""  # names the persistent state (ledgers, indexes) of this pipeline
+    verify: Literal["sizes", "hashes"] = "sizes"  # how finished outputs are checked before reuse
 
     def open_store(self) -> Store:
         return Store(self.store)
@@ -124,6 +125,7 @@ class StagePlan(BaseModel):
     inputs: list[str]  # digests of upstream results
     code: str
     complete: bool
+    damaged: list[str] = Field(default_factory=list)  # what a finished output's check found (then rerun)
 
     @property
     def cache_key(self) -> str:
@@ -150,8 +152,22 @@ def plan_stage(stage: Stage, cfg: StageConfig, inputs: Inputs, ctx: RunContext) 
         key_cfg["_pipeline_seed"] = ctx.seed
     key = stage_key(stage.name, key_cfg, digests, code)
     uri = store.stage_dir(stage.name, key)
+    damaged = check_output(store, stage.name, uri, hashes=ctx.verify == "hashes")
     return StagePlan(stage=stage.name, key=key, uri=uri, inputs=digests, code=code,
-                     complete=store.is_complete(uri))
+                     complete=store.is_complete(uri), damaged=damaged)
+
+
+def check_output(store: Store, stage: str, uri: str, hashes: bool = False) -> list[str]:
+    """Check a finished output against its manifest; a damaged one is withdrawn (the stage then reruns,
+    reusing the work units whose files are intact) and what differs is logged by name."""
+    if not store.exists(f"{uri}/{MANIFEST}"):
+        return []
+    problems = store.check(uri, hashes)
+    if problems:
+        log.warning("%s: the finished output in %s does not match its manifest: %s. Rerunning the stage "
+                    "from what is still intact.", stage, uri, "; ".join(problems))
+        store.invalidate(uri)
+    return problems
 
 
 def execute_stage(plan: StagePlan, stage: Stage, cfg: StageConfig, inputs: Inputs,

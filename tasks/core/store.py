@@ -105,8 +105,38 @@ class Store:
         return h.hexdigest()
 
     # completion manifests -----------------------------------------------------------------------
-    def is_complete(self, stage_uri: str) -> bool:
-        return self.exists(f"{stage_uri}/{MANIFEST}")
+    def is_complete(self, stage_uri: str, hashes: bool = False) -> bool:
+        """A manifest exists and every file it lists is there as recorded (see `check`)."""
+        return self.exists(f"{stage_uri}/{MANIFEST}") and not self.check(stage_uri, hashes)
+
+    def check(self, stage_uri: str, hashes: bool = False) -> list[str]:
+        """What differs between a finished output and its manifest, one line per file (empty: intact).
+
+        Always: every listed file exists with its recorded size (cheap: one stat each). With `hashes`,
+        also its SHA-256 (reads every byte: `llmpipe verify`, or `verify: hashes` in the config).
+        """
+        try:
+            manifest = self.read_manifest(stage_uri)
+        except FileNotFoundError:
+            return [f"{MANIFEST}: missing"]
+        except (OSError, ValueError) as exc:
+            return [f"{MANIFEST}: unreadable ({exc})"]
+        problems = []
+        for entry in manifest.get("files", []):
+            uri = f"{stage_uri}/{entry['path']}"
+            if not self.fs.exists(uri):
+                problems.append(f"{entry['path']}: missing")
+            elif (size := self.fs.size(uri)) != entry["bytes"]:
+                problems.append(f"{entry['path']}: {size:,} bytes, the manifest says {entry['bytes']:,}")
+            elif hashes and self.file_digest(uri) != entry["sha256"]:
+                problems.append(f"{entry['path']}: SHA-256 differs from the manifest (same size: changed bytes)")
+        return problems
+
+    def invalidate(self, stage_uri: str) -> None:
+        """Withdraw a manifest that no longer describes the files (kept beside them, for the record)."""
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        if self.exists(f"{stage_uri}/{MANIFEST}"):
+            self.fs.mv(f"{stage_uri}/{MANIFEST}", f"{stage_uri}/_INVALID-{stamp}.json")
 
     def read_manifest(self, stage_uri: str) -> dict[str, Any]:
         return self.read_json(f"{stage_uri}/{MANIFEST}")

@@ -18,6 +18,7 @@ Two ways to plan units, and only two:
 from __future__ import annotations
 
 import importlib
+import logging
 import multiprocessing as mp
 import os
 from concurrent.futures import Executor as _FuturesExecutor
@@ -28,6 +29,8 @@ from pydantic import BaseModel, Field
 
 from tasks.core.result import Account
 from tasks.core.store import Store
+
+log = logging.getLogger("llmpipe")
 
 
 class WorkUnit(BaseModel):
@@ -48,6 +51,7 @@ class UnitResult(BaseModel):
     outputs: dict[str, list[str]] = Field(default_factory=dict)  # relative to the stage dir
     info: dict[str, Any] = Field(default_factory=dict)
     resumed: bool = False  # True when a marker from an earlier (killed) run was reused
+    sizes: dict[str, int] | None = None  # bytes of every output file when the marker was written
 
 
 def marker_uri(unit: WorkUnit) -> str:
@@ -65,10 +69,34 @@ def execute_unit(fn_ref: str, unit: WorkUnit) -> UnitResult:
     marker = marker_uri(unit)
     if store.exists(marker):
         done = UnitResult.model_validate(store.read_json(marker))
-        return done.model_copy(update={"resumed": True})
+        problems = _unit_damage(store, unit, done)
+        if not problems:
+            return done.model_copy(update={"resumed": True})
+        log.warning("%s unit %s: its marker does not match its files (%s); redoing the unit",
+                    unit.stage, unit.unit_id, "; ".join(problems))
+        store.rm(marker)
     result = resolve(fn_ref)(unit)
+    result.sizes = {rel: store.fs.size(f"{unit.out_uri}/{rel}") for rel in _unit_files(result)}
     store.write_json(marker, result.model_dump(mode="json"))
     return result
+
+
+def _unit_files(result: UnitResult) -> list[str]:
+    return [rel for files in result.outputs.values() for rel in files]
+
+
+def _unit_damage(store: Store, unit: WorkUnit, done: UnitResult) -> list[str]:
+    """A marker is trusted only while every file it names is there with the size it recorded."""
+    if done.sizes is None:
+        return ["the marker records no file sizes"] if _unit_files(done) else []
+    problems = []
+    for rel in _unit_files(done):
+        uri = f"{unit.out_uri}/{rel}"
+        if not store.exists(uri):
+            problems.append(f"{rel}: missing")
+        elif store.fs.size(uri) != done.sizes.get(rel):
+            problems.append(f"{rel}: {store.fs.size(uri):,} bytes, the marker says {done.sizes.get(rel)}")
+    return problems
 
 
 class Executor(Protocol):
