@@ -74,7 +74,10 @@ def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] 
     finally:
         register_executor(run_id, None)
         summary["seconds"] = round(time.perf_counter() - summary.pop("_t0"), 3)
-        _write_summary(store, run_dir, summary, summary_path)
+        try:
+            _write_summary(store, run_dir, summary, summary_path)
+        except OSError as exc:  # a full disk must not hide the error that ended the run
+            log.warning("could not write the run summary (%s); the stage lines above say what happened", exc)
         report.summary_artifact(summary)
     if summary["status"] == "partial":
         missing = [n for n, e in summary["stages"].items() if e["status"] == "not_implemented"]

@@ -15,6 +15,7 @@ from tasks.core.codever import code_version
 from tasks.core.config import StageConfig, stable_hash
 from tasks.core.errors import UserError
 from tasks.core.result import StageResult
+from tasks.core.retry import explain_os_error
 from tasks.core.store import MANIFEST, Store, stage_key
 from tasks.core.units import Executor, default_executor
 
@@ -177,7 +178,18 @@ def execute_stage(plan: StagePlan, stage: Stage, cfg: StageConfig, inputs: Input
     if store.is_complete(plan.uri):
         return result_from_manifest(store, plan.uri, cached=True)
     start = time.perf_counter()
-    out = stage.run({name: inputs[name] for name in stage.reads}, plan.uri, cfg, ctx)
+    store.sweep_temp(plan.uri)  # what a killed attempt left half-written is never reused
+    try:
+        out = stage.run({name: inputs[name] for name in stage.reads}, plan.uri, cfg, ctx)
+    except OSError as exc:
+        store.sweep_temp(plan.uri)
+        explained = explain_os_error(exc, plan.uri)
+        if explained is not None:
+            raise explained from exc
+        raise
+    except BaseException:
+        store.sweep_temp(plan.uri)
+        raise
     stats = dict(out.stats)
     stats.setdefault("seconds", round(time.perf_counter() - start, 3))
     manifest = store.write_manifest(plan.uri, stage=plan.stage, key=plan.key, config=cfg.canonical(),

@@ -10,6 +10,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,16 @@ class Store:
                 problems.append(f"{entry['path']}: SHA-256 differs from the manifest (same size: changed bytes)")
         return problems
 
+    def sweep_temp(self, uri: str) -> int:
+        """Remove the temporary files (`*.tmp`, `*.tmp-<id>`) a failed or killed attempt left under `uri`."""
+        if not self.fs.exists(uri):
+            return 0
+        found = [p for p in self.fs.find(uri, withdirs=True) if _TEMP.search(p.rsplit("/", 1)[-1])]
+        for path in sorted(found, key=len, reverse=True):  # files before the directories holding them
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+        return len(found)
+
     def invalidate(self, stage_uri: str) -> None:
         """Withdraw a manifest that no longer describes the files (kept beside them, for the record)."""
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -156,6 +167,9 @@ class Store:
         manifest["digest"] = stable_hash({"files": files, "outputs": outputs}, 24)
         self.write_json(f"{stage_uri}/{MANIFEST}", manifest)
         return manifest
+
+
+_TEMP = re.compile(r"\.tmp(-[0-9a-z]+)?$|\.part$")
 
 
 def _is_local(fs) -> bool:

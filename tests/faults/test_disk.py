@@ -1,0 +1,54 @@
+"""A full disk is not transient: no retry, one clear error with the path, no temporary files left."""
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from tasks.clean.stage import STAGE as CLEAN
+from tasks.clean.stage import CleanConfig
+from tasks.collect.stage import STAGE as COLLECT
+from tasks.collect.stage import CollectConfig, SourceConfig
+from tasks.core.errors import UserError
+from tasks.core.retry import retry_transient, retry_unless_user_error
+from tasks.core.stage import RunContext, RunnerConfig, run_stage
+from tasks.core.store import Store
+
+
+class Failed:
+    def __init__(self, exc):
+        self.exc = exc
+
+    def result(self):
+        raise self.exc
+
+
+def test_enospc_fails_once_with_the_path_and_leaves_no_temp_files(tmp_path, monkeypatch):
+    ctx = RunContext(store=str(tmp_path / "store"), pipeline="t", run_id="r", runner=RunnerConfig(workers=1))
+    col = run_stage(COLLECT, CollectConfig(sources=[SourceConfig(name="d", kind="demo")], max_docs=30), {}, ctx)
+    calls = []
+
+    def full_disk(self, tmp_uri, final_uri):  # the write of a finished part file hits a full disk
+        calls.append(final_uri)
+        raise OSError(errno.ENOSPC, "No space left on device", final_uri)
+
+    monkeypatch.setattr(Store, "commit", full_disk)
+    with pytest.raises(UserError, match=r"no space left on the device holding .*clean.*Free space") as info:
+        run_stage(CLEAN, CleanConfig(), {"collect": col}, ctx)
+    assert len(calls) == 1
+    leftovers = [p for p in (tmp_path / "store" / "clean").rglob("*") if ".tmp" in p.name]
+    assert leftovers == []
+    assert not retry_transient(None, None, Failed(info.value))
+    assert not retry_transient(None, None, Failed(OSError(errno.ENOSPC, "No space left on device")))
+    assert not retry_unless_user_error(None, None, Failed(OSError(errno.ENOSPC, "No space left on device")))
+
+
+def test_temp_files_of_a_killed_attempt_are_swept_before_the_rerun(tmp_path):
+    store = Store(tmp_path)
+    (tmp_path / "clean" / "k" / "docs").mkdir(parents=True)
+    for name in ("docs/.part-00000.parquet.tmp-1a2b3c4d", ".x.json.tmp", "keep.parquet", "docs/f.part"):
+        (tmp_path / "clean" / "k" / name).write_text("x")
+    (tmp_path / "clean" / "k" / ".step-000010.tmp").mkdir()
+    assert store.sweep_temp(str(tmp_path / "clean" / "k")) == 4
+    assert sorted(p.name for p in (tmp_path / "clean" / "k").rglob("*")) == ["docs", "keep.parquet"]
