@@ -164,10 +164,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # resolve the config and the sources before starting Prefect, so their errors come back in a second
     _, cfg = load_pipeline(args.pipeline, args.config, args.overrides, args.sources)
-    from tasks.collect.stage import fingerprint
-
-    fingerprint(cfg.collect)
     from flows import pipeline
+
+    pipeline.preflight(cfg, args.until)
 
     _quiet_prefect_tracebacks()
     printer = ProgressPrinter()

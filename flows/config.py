@@ -27,7 +27,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 def _build_pipeline_model() -> type[StageConfig]:
     fields: dict[str, Any] = {
         "description": (str, ""),
-        "store": (str, "./store"),
+        "store": (str, Field("./store", min_length=1)),
         "seed": (int, 1337),
         # how a finished stage output is checked before it is reused: file sizes (a stat per file) or
         # also SHA-256s (reads every byte)
@@ -82,6 +82,7 @@ def read_config_file(path: str | os.PathLike | None = None) -> ConfigFile:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     lines: dict[tuple, int] = {}
     if node is not None:
+        _check_duplicates(node, (), path)
         _record_lines(node, (), lines)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with `defaults:` and `pipelines:`.")
@@ -94,6 +95,22 @@ def read_config_file(path: str | os.PathLike | None = None) -> ConfigFile:
     if not isinstance(pipelines, dict) or not pipelines:
         raise ConfigError(f"{path}: `pipelines:` must map pipeline names to their settings.")
     return ConfigFile(path=path, defaults=data.get("defaults") or {}, pipelines=pipelines, lines=lines)
+
+
+def _check_duplicates(node: yaml.Node, path: tuple, file: Path) -> None:
+    """YAML keeps the last of two equal keys silently; a config that says a thing twice is an error."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            line = key.start_mark.line + 1
+            if key.value in seen:
+                raise ConfigError(f"{file}: key '{_dotted(path + (key.value,))}' appears twice, on line "
+                                  f"{seen[key.value]} and line {line}; keep one.")
+            seen[key.value] = line
+            _check_duplicates(value, path + (key.value,), file)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicates(item, path + (i,), file)
 
 
 def _record_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int]) -> None:

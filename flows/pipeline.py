@@ -49,6 +49,7 @@ def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] 
     name, cfg = load_pipeline(pipeline, config_file, overrides, sources)
     if until is not None and until not in STAGE_NAMES:
         raise ConfigError(f"--until {until}: no such stage; stages: {', '.join(STAGE_NAMES)}.")
+    preflight(cfg, until)
     flow_run = get_run_context().flow_run
     run_id = str(flow_run.id)
     _tag_run(flow_run, name)
@@ -84,6 +85,14 @@ def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] 
         return Completed(name="Partial", data=summary,
                          message=f"finished what is built; not implemented yet: {', '.join(missing)}")
     return summary
+
+
+def preflight(cfg: Any, until: str | None = None) -> None:
+    """Every stage's cheap checks (sources exist, servers answer) before anything runs."""
+    wanted = needed_for(until) if until else STAGE_NAMES
+    for stage in STAGES:
+        if stage.built and stage.preflight is not None and stage.name in wanted:
+            stage.preflight(getattr(cfg, stage.name))
 
 
 def _send_logs_to_prefect() -> None:

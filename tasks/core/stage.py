@@ -90,6 +90,8 @@ class Stage:
       seed is part of what it computes (training), so it goes into the key too.
     - `artifacts(result)`: tables and markdown for the Prefect UI, built from the result (no Prefect
       import: the flow publishes them).
+    - `preflight(cfg)`: cheap checks run before the flow starts anything (sources exist, a server is
+      reachable), so a mistake is reported in a second, not when the stage is reached.
     - `resumable`: a failure of any kind but a user error is worth a retry, because a rerun resumes
       from its checkpoint (training); otherwise only transient errors (network, preemption) are retried.
     - `run=None` declares a stage that is not built yet: the flow reports it as `not_implemented`.
@@ -104,6 +106,7 @@ class Stage:
     reads: tuple[str, ...] = ()
     artifacts: ArtifactsFn | None = None
     key_inputs: KeyInputsFn | None = None
+    preflight: Callable[[Any], Any] | None = None
     uses_pipeline_seed: bool = False
     resumable: bool = False
     retries: int = 2

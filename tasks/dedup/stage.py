@@ -581,5 +581,11 @@ def _stage_output(cfg: DedupConfig, ctx: RunContext, out_uri: str, account: Any,
     return StageOutput(outputs=outputs, stats=stats)
 
 
-STAGE = Stage(name="dedup", config=DedupConfig, run=run_dedup, reads=("clean",),
+def check_backend(cfg: DedupConfig) -> None:
+    """With `backend: redis`, Redis must answer before the run starts (a UserError names the URL)."""
+    if cfg.backend == "redis":
+        open_redis(cfg).close()
+
+
+STAGE = Stage(name="dedup", config=DedupConfig, run=run_dedup, reads=("clean",), preflight=check_backend,
               summary="remove exact and MinHash-LSH near duplicates, against a persistent index")

@@ -52,3 +52,12 @@ def test_temp_files_of_a_killed_attempt_are_swept_before_the_rerun(tmp_path):
     (tmp_path / "clean" / "k" / ".step-000010.tmp").mkdir()
     assert store.sweep_temp(str(tmp_path / "clean" / "k")) == 4
     assert sorted(p.name for p in (tmp_path / "clean" / "k").rglob("*")) == ["docs", "keep.parquet"]
+
+
+def test_unreachable_redis_is_reported_before_the_run_starts(capsys):
+    from flows.cli import main
+
+    code = main(["run", "demo", "--set", "dedup.backend=redis", "--set", "dedup.redis_url=redis://127.0.0.1:1/0"])
+    err = capsys.readouterr()
+    assert code == 2 and "redis://127.0.0.1:1/0 is not reachable" in err.err
+    assert "starting Prefect" not in err.out  # found by the preflight, in a second

@@ -153,3 +153,15 @@ def test_set_replaces_a_value_that_needs_an_unset_variable(cfile, monkeypatch):
 def test_set_on_integer_keyed_mapping():
     _, cfg = load_pipeline("demo", None, ["clean.repeated_ngrams.top_ngram_max_char_fraction.2=0.3"])
     assert cfg.clean.repeated_ngrams.top_ngram_max_char_fraction[2] == 0.3
+
+
+def test_duplicate_keys_name_both_lines(tmp_path):
+    cfg = tmp_path / "dup.yaml"
+    cfg.write_text("pipelines:\n  demo:\n    pretrain:\n      lr: 0.1\n      max_steps: 3\n      lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"'pipelines.demo.pretrain.lr' appears twice, on line 4 and line 6"):
+        load_pipeline("demo", cfg)
+
+
+def test_empty_store_is_a_config_error():
+    with pytest.raises(ConfigError, match="store"):
+        load_pipeline("demo", overrides=["store="])
