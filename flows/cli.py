@@ -167,6 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows import pipeline
 
     pipeline.preflight(cfg, args.until)
+    check_prefect_server()
 
     _quiet_prefect_tracebacks()
     printer = ProgressPrinter()
@@ -192,6 +193,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         pipeline._PROGRESS.pop("current", None)
     printer.done(summary)
     return 0 if summary["status"] in ("completed", "partial") else 1
+
+
+def check_prefect_server(timeout: float = 5.0) -> None:
+    """With PREFECT_API_URL set (environment or Prefect profile), that server must answer; otherwise say
+    so in one paragraph."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as resp:
+            if resp.status == 200:
+                return
+            why = f"HTTP {resp.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        why = str(getattr(exc, "reason", exc))
+    from tasks.core.errors import UserError
+
+    raise UserError(f"PREFECT_API_URL is set to {url}, but no Prefect server answers there ({why}). Start "
+                    "it (`prefect server start`), fix the address, or unset PREFECT_API_URL to let llmpipe "
+                    "start a temporary server for this run.")
 
 
 class ProgressPrinter:

@@ -61,3 +61,13 @@ def test_unreachable_redis_is_reported_before_the_run_starts(capsys):
     err = capsys.readouterr()
     assert code == 2 and "redis://127.0.0.1:1/0 is not reachable" in err.err
     assert "starting Prefect" not in err.out  # found by the preflight, in a second
+
+
+def test_a_prefect_server_that_is_not_there_is_one_paragraph(monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:1/api")
+    assert main(["run", "demo", "--until", "collect"]) == 2
+    err = capsys.readouterr().err
+    assert "PREFECT_API_URL is set to http://127.0.0.1:1/api" in err and "unset PREFECT_API_URL" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
