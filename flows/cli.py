@@ -200,7 +200,7 @@ def check_prefect_server(timeout: float = 5.0) -> None:
     so in one paragraph."""
     from prefect.settings import PREFECT_API_URL
 
-    url = PREFECT_API_URL.value()
+    url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
     if not url:
         return
     import urllib.error

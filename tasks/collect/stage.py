@@ -66,6 +66,10 @@ class CollectConfig(StageConfig):
     unit_mb: int = Field(64, ge=1)  # input files are grouped into parallel work units of about this size
     http_retries: int = 3
     http_timeout: float = 30.0
+    # quarantine files keep file, line, reason, a SHA-256 and a masked excerpt of a bad record (letters
+    # become x/X, digits 9: the shape of the problem, no personal data); true also keeps the raw bytes,
+    # which may hold names, emails and card numbers that no later stage anonymizes
+    quarantine_raw: bool = False
 
 
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, as hub dataset ids are spelled
@@ -172,7 +176,7 @@ def collect_unit(unit: WorkUnit) -> UnitResult:
         if isinstance(rec, sources.BadRecord):
             missing_first = missing_first or (rec.item if rec.reason == "missing_field" else None)
             fields_seen = fields_seen or rec.reason == "text_not_a_string"  # the field is there
-            writer.quarantine(rec.reason, _quarantine_record(src, rec))
+            writer.quarantine(rec.reason, _quarantine_record(src, rec, cfg.quarantine_raw))
             continue
         fields_seen = True
         _collect_one(rec, src, cfg, writer, seen, ledger_rows)
@@ -183,15 +187,32 @@ def collect_unit(unit: WorkUnit) -> UnitResult:
     return result
 
 
-def _quarantine_record(src: SourceConfig, rec: sources.BadRecord) -> dict[str, Any]:
+def _quarantine_record(src: SourceConfig, rec: sources.BadRecord, keep_raw: bool) -> dict[str, Any]:
     record: dict[str, Any] = {"source": src.name, "item": rec.item, "detail": rec.detail}
     if rec.line is not None:
         record["line"] = rec.line
-    if rec.raw is not None:
-        record["raw"] = rec.raw
-    if rec.raw_bytes is not None:
-        record["raw_base64"] = base64.b64encode(rec.raw_bytes).decode()
+    raw = rec.raw_bytes if rec.raw_bytes is not None else rec.raw.encode() if rec.raw is not None else None
+    if raw is not None:
+        record.update(_raw_fields(raw, keep_raw))
     return record
+
+
+def _raw_fields(raw: bytes, keep_raw: bool) -> dict[str, Any]:
+    """A bad record's fingerprint and masked excerpt; its bytes only when the user opted in."""
+    fields: dict[str, Any] = {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw),
+                              "excerpt": masked(raw.decode("utf-8", errors="replace"), 120)}
+    if keep_raw:
+        fields["raw_base64"] = base64.b64encode(raw).decode()
+    return fields
+
+
+def masked(text: str, limit: int) -> str:
+    """The shape of a text without its content: letters become x or X, digits 9, the rest is kept
+    (quotes, braces, commas: what a reader needs to see why a line did not parse)."""
+    return _MASK.sub(lambda m: "X" if m.group().isupper() else "9" if m.group().isdigit() else "x", text[:limit])
+
+
+_MASK = re.compile(r"[^\W_]", re.UNICODE)
 
 
 def _records(unit: WorkUnit, src: SourceConfig, cfg: CollectConfig) -> Iterator[Any]:
@@ -226,7 +247,7 @@ def _collect_one(rec: sources.RawRecord, src: SourceConfig, cfg: CollectConfig, 
     elif bad_at is not None:
         if cfg.invalid_utf8 == "quarantine":
             writer.quarantine("invalid_utf8", {"source": src.name, "item": rec.item, "detail":
-                              f"invalid UTF-8 at byte {bad_at}", "raw_base64": base64.b64encode(rec.data).decode()})
+                              f"invalid UTF-8 at byte {bad_at}", **_raw_fields(rec.data, cfg.quarantine_raw)})
             return
         writer.count("utf8_repaired")
     content = _h64(text)

@@ -71,3 +71,20 @@ def test_a_prefect_server_that_is_not_there_is_one_paragraph(monkeypatch, capsys
     err = capsys.readouterr().err
     assert "PREFECT_API_URL is set to http://127.0.0.1:1/api" in err and "unset PREFECT_API_URL" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_quarantine_files_hold_no_raw_personal_data(tmp_path):
+    from tasks.core.docs import read_all  # noqa: F401 - the stage's own reader is not needed here
+
+    src = tmp_path / "people.jsonl"
+    planted = ["Margaret Thornbury", "margaret.thornbury@example.org", "4111 1111 1111 1111", "+44 20 7946 0958"]
+    src.write_text('{"text": "fine"}\n'
+                   f'{{"text": "Dear {planted[0]}, mail {planted[1]}, card {planted[2]}, call {planted[3]}"\n'
+                   + '{"text": "also fine"}\n')
+    ctx = RunContext(store=str(tmp_path / "store"), pipeline="t", run_id="r", runner=RunnerConfig(workers=1))
+    result = run_stage(COLLECT, CollectConfig(sources=[SourceConfig(name="p", path=str(src))]), {}, ctx)
+    assert result.stats["quarantined"] == 1
+    text = "".join(p.read_text() for p in (Path(result.uri) / "quarantine").glob("*.jsonl"))
+    assert '"line": 2' in text and "malformed_json" in text and "sha256" in text
+    for value in planted + ["Thornbury", "7946", "1111"]:
+        assert value not in text, f"raw personal data in quarantine: {value}"

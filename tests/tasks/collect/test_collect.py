@@ -85,7 +85,7 @@ def test_invalid_utf8_repaired_and_counted(ctx, tmp_path):
 def test_invalid_utf8_quarantined_when_configured(ctx, tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
-    result, docs = collect(ctx, tmp_path, p, invalid_utf8="quarantine")
+    result, docs = collect(ctx, tmp_path, p, invalid_utf8="quarantine", quarantine_raw=True)
     assert [d["text"] for d in docs] == ["fine"]
     # the line is checked before it is parsed: invalid_utf8, with its line and its bytes
     recs = quarantine_records(result)
@@ -96,7 +96,8 @@ def test_invalid_utf8_quarantined_when_configured(ctx, tmp_path):
     result2, docs2 = collect(ctx, tmp_path, p2, invalid_utf8="quarantine")
     assert docs2 == [] and result2.stats["quarantine_reasons"] == {"invalid_utf8": 1}
     rec = quarantine_records(result2)[0]
-    assert rec["reason"] == "invalid_utf8" and "byte 3" in rec["detail"] and rec["raw_base64"]
+    assert rec["reason"] == "invalid_utf8" and "byte 3" in rec["detail"] and "raw_base64" not in rec
+    assert rec["excerpt"] == "xxx\ufffd xx xxxx" and rec["bytes"] == 12 and len(rec["sha256"]) == 64
 
 
 def test_invalid_utf8_in_jsonl_repaired_and_counted(ctx, tmp_path):
@@ -124,7 +125,7 @@ def test_csv_parse_error_quarantines_the_rest_keeps_rows_before(ctx, tmp_path, m
     recs = quarantine_records(result)
     assert [(r["item"], r["reason"], r["line"]) for r in recs] == [("x.csv:3", "malformed_csv", 3)]
     assert "field larger than field limit" in recs[0]["detail"] and "lines 3-6" in recs[0]["detail"]
-    assert recs[0]["raw"].startswith('2,"xxx') and recs[0]["raw"].endswith("4,end\n")
+    assert recs[0]["excerpt"].startswith('9,"xxx') and "raw_base64" not in recs[0]
     assert result.stats["docs_in"] == 2
 
 
@@ -135,7 +136,7 @@ def test_csv_invalid_utf8_repaired_per_row_or_quarantined(ctx, tmp_path):
     assert [d["text"] for d in docs] == ["caf\ufffd", "two\nlines \ufffd\ufffd", "clean", "clean too"]
     assert json.loads(docs[3]["meta"])["id"] == "\ufffd"
     assert result.stats["counters"]["utf8_repaired"] == 3  # rows, not bytes or cells
-    result2, docs2 = collect(ctx, tmp_path, p, invalid_utf8="quarantine")
+    result2, docs2 = collect(ctx, tmp_path, p, invalid_utf8="quarantine", quarantine_raw=True)
     assert [d["text"] for d in docs2] == ["clean"]
     recs = quarantine_records(result2)
     assert [(r["item"], r["line"]) for r in recs] == [("u.csv:2", 2), ("u.csv:3", 3), ("u.csv:5", 6)]
@@ -150,7 +151,7 @@ def test_malformed_jsonl_lines_quarantined_rest_kept(ctx, tmp_path):
     assert [d["text"] for d in docs] == ["one", "three"]
     recs = quarantine_records(result)
     assert [(r["item"], r["reason"]) for r in recs] == [("m.jsonl:2", "malformed_json"), ("m.jsonl:4", "not_an_object")]
-    assert recs[0]["raw"].startswith('{"text": broken')
+    assert recs[0]["excerpt"].startswith('{"xxxx": xxxxxx')
     assert result.stats["quarantined"] == 2 and result.stats["docs_in"] == 4
 
 
