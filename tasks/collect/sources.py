@@ -7,6 +7,7 @@ one document).
 from __future__ import annotations
 
 import ast
+import codecs
 import csv
 import glob
 import gzip
@@ -131,7 +132,12 @@ def read_file(path: Path, rel: str, fmt: str, text_field: str,
     try:
         with _open_binary(path) as f:
             if fmt in ("txt", "md"):
-                yield RawRecord(rel, f.read(), {"path": rel})
+                data = f.read()
+                if looks_binary(data):
+                    yield BadRecord(rel, "binary", "NUL bytes in the first 8 KB: not a text file (an "
+                                    "executable or archive with a text name?)")
+                else:
+                    yield RawRecord(rel, data, {"path": rel})
             elif fmt == "jsonl":
                 for line, raw in enumerate(f, start=1):
                     yield _json_line(raw, rel, line, text_field, invalid_utf8)
@@ -149,9 +155,25 @@ def read_file(path: Path, rel: str, fmt: str, text_field: str,
 
 
 def _open_binary(path: Path):
-    if str(path).lower().endswith(".gz"):
-        return gzip.open(path, "rb")
-    return open(path, "rb")
+    """The file's bytes as UTF-8: a UTF-16 or UTF-32 file (known by its byte order mark) is transcoded."""
+    f = gzip.open(path, "rb") if str(path).lower().endswith(".gz") else open(path, "rb")
+    head = f.peek(4)[:4] if hasattr(f, "peek") else b""
+    for bom, encoding in _WIDE_BOMS:
+        if head.startswith(bom):
+            with f:
+                text = f.read().decode(encoding, errors="replace")  # the codec drops the BOM itself
+            return io.BytesIO(text.encode("utf-8", errors="surrogatepass"))
+    return f
+
+
+# UTF-32 first: its little-endian mark begins with UTF-16's
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+              (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def looks_binary(data: bytes) -> bool:
+    """Text in any 8-bit encoding or UTF-8 has no NUL bytes; executables, archives and images do."""
+    return b"\x00" in data[:8192]
 
 
 def decode_text(data: bytes, encoding: str = "utf-8") -> tuple[str, int | None]:

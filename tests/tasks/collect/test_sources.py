@@ -97,3 +97,21 @@ def test_download_retries_503_then_fails_fast_on_404(tmp_path):
 def test_demo_reader_needs_no_network():
     recs = list(sources.read_demo(max_modules=3))
     assert recs and all(isinstance(r, RawRecord) for r in recs)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-32-be"])
+def test_utf16_and_utf32_files_with_a_bom_are_decoded_as_such(tmp_path, encoding):
+    bom = {"utf-16-be": b"\xfe\xff", "utf-32-be": b"\x00\x00\xfe\xff"}.get(encoding, b"")
+    text = "Crème brûlée — naïve café\nsecond line"
+    (tmp_path / "a.txt").write_bytes(bom + text.encode(encoding))
+    (tmp_path / "b.jsonl").write_bytes(bom + (json.dumps({"text": text}, ensure_ascii=False) + "\n").encode(encoding))
+    (rec,) = read_file(tmp_path / "a.txt", "a.txt", "txt", "text")
+    assert decode_text(rec.data) == (text, None)
+    (rec,) = read_file(tmp_path / "b.jsonl", "b.jsonl", "jsonl", "text")
+    assert rec.data == text and not rec.utf8_repaired
+
+
+def test_a_binary_file_with_a_text_name_is_quarantined_as_binary(tmp_path):
+    (tmp_path / "lib.txt").write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\x00" + bytes(range(256)) * 4)
+    (rec,) = read_file(tmp_path / "lib.txt", "lib.txt", "txt", "text")
+    assert isinstance(rec, BadRecord) and rec.reason == "binary"
