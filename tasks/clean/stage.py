@@ -667,4 +667,5 @@ def run_clean(inputs: Inputs, out_uri: str, cfg: CleanConfig, ctx: RunContext) -
 
 
 STAGE = Stage(name="clean", config=CleanConfig, run=run_clean, reads=("collect",),
+              raw_text=True,
               summary="normalize text, strip markup, drop low-quality documents, split into passages")

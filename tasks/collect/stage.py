@@ -446,4 +446,5 @@ def _per_source(results: list[UnitResult]) -> dict[str, dict[str, Any]]:
 
 STAGE = Stage(
     name="collect", config=CollectConfig, run=run_collect, key_inputs=collect_key, preflight=fingerprint,
+    raw_text=True,
     summary="read files, globs, directories, URLs, hub datasets or the demo corpus into Parquet shards")

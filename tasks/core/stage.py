@@ -92,6 +92,8 @@ class Stage:
       import: the flow publishes them).
     - `preflight(cfg)`: cheap checks run before the flow starts anything (sources exist, a server is
       reachable), so a mistake is reported in a second, not when the stage is reached.
+    - `raw_text`: its output holds text not yet anonymized (the stages before pii): on a local store its
+      directory is made owner-only (0700).
     - `resumable`: a failure of any kind but a user error is worth a retry, because a rerun resumes
       from its checkpoint (training); otherwise only transient errors (network, preemption) are retried.
     - `run=None` declares a stage that is not built yet: the flow reports it as `not_implemented`.
@@ -107,6 +109,7 @@ class Stage:
     artifacts: ArtifactsFn | None = None
     key_inputs: KeyInputsFn | None = None
     preflight: Callable[[Any], Any] | None = None
+    raw_text: bool = False
     uses_pipeline_seed: bool = False
     resumable: bool = False
     retries: int = 2
@@ -181,6 +184,8 @@ def execute_stage(plan: StagePlan, stage: Stage, cfg: StageConfig, inputs: Input
     if store.is_complete(plan.uri):
         return result_from_manifest(store, plan.uri, cached=True)
     start = time.perf_counter()
+    if stage.raw_text:
+        store.make_private(plan.uri)
     store.sweep_temp(plan.uri)  # what a killed attempt left half-written is never reused
     try:
         out = stage.run({name: inputs[name] for name in stage.reads}, plan.uri, cfg, ctx)

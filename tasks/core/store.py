@@ -133,6 +133,14 @@ class Store:
                 problems.append(f"{entry['path']}: SHA-256 differs from the manifest (same size: changed bytes)")
         return problems
 
+    def make_private(self, uri: str) -> None:
+        """Owner-only access (0700) to a directory and its parent, on a local store (remote stores
+        control access with their own policies)."""
+        self.makedirs(uri)
+        if self.local:
+            for path in (uri, os.path.dirname(uri)):
+                os.chmod(path, 0o700)
+
     def sweep_temp(self, uri: str) -> int:
         """Remove the temporary files (`*.tmp`, `*.tmp-<id>`) a failed or killed attempt left under `uri`."""
         if not self.fs.exists(uri):

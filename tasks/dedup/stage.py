@@ -588,4 +588,5 @@ def check_backend(cfg: DedupConfig) -> None:
 
 
 STAGE = Stage(name="dedup", config=DedupConfig, run=run_dedup, reads=("clean",), preflight=check_backend,
+              raw_text=True,
               summary="remove exact and MinHash-LSH near duplicates, against a persistent index")

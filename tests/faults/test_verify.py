@@ -97,3 +97,10 @@ def test_verify_command_and_rerun_report_by_name(prefect_server, tmp_path, capsy
     rerun = json.loads(summary.read_text())["stages"]
     assert rerun["collect"]["status"] == "cached" and rerun["clean"]["status"] == "completed"
     assert main(["verify", "demo", *args]) == 0
+
+
+def test_stages_holding_raw_text_are_owner_only(built):
+    ctx, col, cln = built
+    for result in (col, cln):
+        for path in (Path(result.uri), Path(result.uri).parent):
+            assert path.stat().st_mode & 0o077 == 0, path
