@@ -14,6 +14,7 @@ from tasks.core.artifacts import Artifact
 from tasks.core.codever import code_version
 from tasks.core.config import StageConfig, stable_hash
 from tasks.core.errors import UserError
+from tasks.core.lock import StageLock
 from tasks.core.result import StageResult
 from tasks.core.retry import explain_os_error
 from tasks.core.store import MANIFEST, Store, stage_key
@@ -179,10 +180,21 @@ def check_output(store: Store, stage: str, uri: str, hashes: bool = False) -> li
 
 def execute_stage(plan: StagePlan, stage: Stage, cfg: StageConfig, inputs: Inputs,
                   ctx: RunContext) -> StageResult:
-    """Return the finished output if the store has it; otherwise run the stage and publish its manifest."""
+    """Return the finished output if the store has it; otherwise run the stage and publish its manifest.
+
+    One writer at a time: another run writing the same output is waited for, and its result reused."""
     store = ctx.open_store()
     if store.is_complete(plan.uri):
         return result_from_manifest(store, plan.uri, cached=True)
+    with StageLock(store, plan.uri, {"run_id": ctx.run_id, "pipeline": ctx.pipeline, "stage": stage.name}):
+        if store.is_complete(plan.uri):  # the run we waited for finished it
+            log.info("%s: reusing the output another run just finished in %s", stage.name, plan.uri)
+            return result_from_manifest(store, plan.uri, cached=True)
+        return _run_and_publish(plan, stage, cfg, inputs, ctx, store)
+
+
+def _run_and_publish(plan: StagePlan, stage: Stage, cfg: StageConfig, inputs: Inputs, ctx: RunContext,
+                     store: Store) -> StageResult:
     start = time.perf_counter()
     if stage.raw_text:
         store.make_private(plan.uri)
