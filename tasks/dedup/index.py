@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 from datasketch import MinHashLSH
+from datasketch.storage import DictListStorage, DictSetStorage
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -79,7 +80,7 @@ def shingle_source(store: Store, uri: str) -> np.ndarray:
     if store.local:
         if store.fs.size(uri) == 0:
             return np.zeros(0, np.uint32)
-        return np.memmap(uri, dtype="<u4", mode="r")
+        return np.asarray(np.memmap(uri, dtype="<u4", mode="r"))  # a plain view: slices skip memmap's hooks
     with store.open(uri, "rb") as f:
         return np.frombuffer(f.read(), dtype="<u4")
 
@@ -114,7 +115,8 @@ class KeptBatch:
     n_words: np.ndarray  # (k,)
     signatures: np.ndarray  # (k, num_perm) uint32
     bands: list[list[bytes]]
-    shingles: list[np.ndarray]  # sorted distinct shingle hashes; empty when verify is "signature"
+    shingles: np.ndarray  # (sum of counts,) uint32, each document's shingle hashes in turn; empty when
+    #                       verify is "signature"
     locations: np.ndarray  # (k, 3) int64: shingle source number, start, count (local backend)
 
 
@@ -141,16 +143,29 @@ class _Rows:
         return self.chunks[i // self.chunk][i % self.chunk]
 
 
+def _dict_storages(lsh: MinHashLSH) -> tuple[dict, list[dict]]:
+    """The dicts inside an in-memory MinHashLSH: key -> its band keys, and per band: band key -> set of keys.
+
+    LocalIndex reads and writes them directly: a storage method call per band and document costs more
+    than the dict operation itself, and a block touches 16 of them per document.
+    """
+    if not isinstance(lsh.keys, DictListStorage) or not all(isinstance(t, DictSetStorage) for t in lsh.hashtables):
+        raise TypeError("LocalIndex needs MinHashLSH's in-memory dict storage")
+    return lsh.keys._dict, [table._dict for table in lsh.hashtables]
+
+
 class LocalIndex:
     """A datasketch MinHashLSH in memory (dict storage) plus what verification needs. Keys are ints in the
     order documents were kept; keys below `n_previous` are documents of earlier runs, loaded from the store.
 
-    Bucket lookups and inserts go through the LSH's storages with the same bucket keys MinHashLSH computes
-    (see `band_keys`), a block at a time, so the index stays a plain datasketch index (`lsh.query` works).
+    Bucket lookups and inserts go straight to the LSH's storage dicts, with the same bucket keys
+    MinHashLSH computes (see `band_keys`), a block at a time, so the index stays a plain datasketch index
+    (`lsh.query` and `lsh.insert` work on it).
     """
 
     def __init__(self, num_perm: int, bands: int, rows: int):
         self.lsh = MinHashLSH(num_perm=num_perm, params=(bands, rows))
+        self.key_bands, self.buckets = _dict_storages(self.lsh)
         self.signatures = _Rows(num_perm, np.uint32)
         self.locations = _Rows(3, np.int64)  # (source, start, count) of each key's shingles
         self.sources: list[np.ndarray] = []
@@ -162,14 +177,14 @@ class LocalIndex:
         return len(self.ids)
 
     def find_exact(self, keys: list[bytes]) -> list[int | None]:
-        return [self.exact.get(k) for k in keys]
+        return list(map(self.exact.get, keys))
 
     def candidates(self, bands: list[list[bytes]]) -> list[set[int]]:
         found: list[set[int]] = [set() for _ in bands]
-        for j, table in enumerate(self.lsh.hashtables):
-            for doc, hits in enumerate(table.getmany(*[b[j] for b in bands])):
+        for bucket, column in zip(self.buckets, zip(*bands)):
+            for doc, hits in enumerate(map(bucket.get, column)):
                 if hits:
-                    found[doc].update(hits)
+                    found[doc] |= hits
         return found
 
     def signature_rows(self, keys: list[int]) -> np.ndarray:
@@ -200,17 +215,24 @@ class LocalIndex:
     def add(self, batch: KeptBatch) -> list[int]:
         """Insert kept documents (what MinHashLSH.insert does, per block); returns their keys."""
         keys = list(range(len(self.ids), len(self.ids) + len(batch.ids)))
-        tables = self.lsh.hashtables
+        buckets = self.buckets
         for key, bands in zip(keys, batch.bands):
-            self.lsh.keys.insert(key, *bands)
-            for band, table in zip(bands, tables):
-                table.insert(band, key)
+            self.key_bands[key] = list(bands)
+            for band, bucket in zip(bands, buckets):
+                bucket[band].add(key)
         for key, exact in zip(keys, batch.exact):
             self.exact.setdefault(exact, key)
         self.ids.extend(batch.ids)
         self.signatures.extend(batch.signatures)
         self.locations.extend(batch.locations)
         return keys
+
+    def close(self) -> None:
+        """Free the buckets now. MinHashLSH holds a reference cycle (it stores a bound method of itself),
+        so without this the whole index waits for the cyclic GC, which then walks every bucket."""
+        self.key_bands.clear()
+        for bucket in self.buckets:
+            bucket.clear()
 
 
 def redis_connection_kwargs(url: str) -> dict[str, Any]:
@@ -302,9 +324,10 @@ class RedisIndex:
         pipe.hset(self.name("sig"), mapping={k: s.astype("<u4").tobytes()
                                              for k, s in zip(keys, batch.signatures)})
         pipe.hset(self.name("id"), mapping=dict(zip(keys, batch.ids)))
-        if batch.shingles:
-            pipe.hset(self.name("shingles"), mapping={k: s.astype("<u4").tobytes()
-                                                      for k, s in zip(keys, batch.shingles)})
+        if len(batch.shingles):
+            ends = np.cumsum(batch.locations[:, 2])
+            per_doc = np.split(batch.shingles.astype("<u4"), ends[:-1])
+            pipe.hset(self.name("shingles"), mapping={k: s.tobytes() for k, s in zip(keys, per_doc)})
         # a kept document's exact key was not visible before: whatever is there belongs to an unfinished run
         pipe.hset(self.name("exact"), mapping=dict(zip(batch.exact, keys)))
         pipe.execute()
@@ -315,6 +338,9 @@ class RedisIndex:
         for storage in [self.lsh.keys, *self.lsh.hashtables]:
             storage.empty_buffer()
         return keys
+
+    def close(self) -> None:
+        self.redis.close()
 
     def remove_generation(self, gen: str) -> int:
         """Delete every key a generation inserted (a killed attempt, or a run that must not publish)."""
@@ -408,7 +434,8 @@ def load_local_generation(index: LocalIndex, store: Store, gen_dir: str, cfg: De
                               batch.column("sh_count").to_numpy()], axis=1)
         index.add(KeptBatch(ids=batch.column("id").to_pylist(), exact=batch.column("exact").to_pylist(),
                             n_words=batch.column("n_words").to_numpy(), signatures=sigs,
-                            bands=band_keys(sigs, bands, rows), shingles=[], locations=locations))
+                            bands=band_keys(sigs, bands, rows), shingles=np.zeros(0, np.uint32),
+                            locations=locations))
 
 
 class PendingGeneration:
@@ -429,8 +456,8 @@ class PendingGeneration:
         sk = Sketches(n_words=batch.n_words, exact=batch.exact, signatures=batch.signatures,
                       shingle_counts=counts, shingles=np.zeros(0, np.uint32))
         self.writer.write_table(sketch_table(batch.ids, sk, self.shingle_total, self.schema))
-        if batch.shingles:
-            self.shingle_file.handle.write(np.concatenate(batch.shingles).astype("<u4").tobytes())
+        if len(batch.shingles):
+            self.shingle_file.handle.write(batch.shingles.astype("<u4").tobytes())
         self.shingle_total += int(counts.sum())
 
     def close(self) -> None:

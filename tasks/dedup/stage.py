@@ -6,7 +6,7 @@ Three phases, each a set of resumable work units on the run's executor:
    are runs of letters and digits; punctuation, whitespace and formatting are ignored), hashed for exact
    matching (xxh3-128 of its word sequence) and cut into word n-gram shingles, from which a datasketch
    MinHash signature (scheme `affine32`) is computed for a whole batch of documents at once in numpy.
-   Results go to `_work/sketch/<unit>.parquet` (+ the sorted shingle hashes in `<unit>.u32`).
+   Results go to `_work/sketch/<unit>.parquet` (+ the shingle hashes, in word order, in `<unit>.u32`).
 2. `decide_unit`, one unit, sequential in a fixed order (input shard order, then row order): the first
    document of a duplicate cluster is kept. A document is an exact duplicate when its exact hash was
    kept before; otherwise the MinHashLSH index (datasketch, in memory or on Redis) proposes candidates,
@@ -49,7 +49,7 @@ from tasks.core.docs import iter_batches
 from tasks.core.errors import UserError
 from tasks.core.mapstage import UnitWriter
 from tasks.core.orchestration import make_stage_task
-from tasks.core.result import StageResult
+from tasks.core.result import Account, StageResult
 from tasks.core.stage import RunContext, StageOutput
 from tasks.core.store import Store
 from tasks.core.units import UnitResult, WorkUnit, merge_results
@@ -81,6 +81,7 @@ from tasks.dedup.minhash import (
     band_keys,
     estimated_jaccard,
     exact_jaccard,
+    gather_ranges,
     lsh_params,
     normalize_words,
     shared_bands,
@@ -229,11 +230,11 @@ class Block:
     def kept(self, docs: list[int], with_shingles: bool) -> KeptBatch:
         locations = np.stack([np.full(len(docs), self.source_id), self.sh_start[docs], self.sh_count[docs]],
                              axis=1)
+        shingles = (gather_ranges(self.source, self.sh_start[docs], self.sh_count[docs]) if with_shingles
+                    else np.zeros(0, np.uint32))
         return KeptBatch(ids=[self.ids[d] for d in docs], exact=[self.exact[d] for d in docs],
                          n_words=self.n_words[docs], signatures=self.signatures[docs],
-                         bands=[self.bands[d] for d in docs],
-                         shingles=[self.shingles(d) for d in docs] if with_shingles else [],
-                         locations=locations)
+                         bands=[self.bands[d] for d in docs], shingles=shingles, locations=locations)
 
 
 @dataclass
@@ -450,6 +451,8 @@ def _decide(unit: WorkUnit) -> UnitResult:
     except BaseException:
         outputs.abort()
         raise
+    finally:
+        index.close()
     outputs.close()
     for unit_id, parts in codes.items():
         with store.open(_decisions_uri(unit.out_uri, unit_id), "wb") as f:
@@ -499,15 +502,12 @@ def keep_unit(unit: WorkUnit) -> UnitResult:
         part = codes[pos:pos + batch.num_rows]
         pos += batch.num_rows
         writer.docs.write_batch(batch.filter(pa.array(part == KEEP)))
-        for code, n in zip(*np.unique(part, return_counts=True)):
-            for _ in range(int(n)):
-                if code == KEEP:
-                    writer.account.keep(1)
-                else:
-                    writer.drop(REASONS[int(code)])
     if pos != len(codes):
         raise UserError(f"dedup: input shard {unit.inputs[0]} has {pos} rows but {len(codes)} were sketched; "
                         "it changed during the run. Rerun the upstream stage, then dedup.")
+    tally = np.bincount(codes, minlength=len(REASONS) + 1)  # one document per row: kept rows = kept docs
+    writer.account = Account(docs_in=len(codes), docs_out=int(tally[KEEP]), rows_out=int(tally[KEEP]),
+                             dropped={REASONS[c]: int(n) for c, n in enumerate(tally) if c != KEEP and n})
     return writer.finish()
 
 

@@ -169,9 +169,10 @@ def test_signatures_equal_datasketch_minhash_and_shingle_counts_match():
     sk = Sketcher(cfg).sketch(texts)
     offsets = np.concatenate([[0], np.cumsum(sk.shingle_counts)])
     for i, text in enumerate(texts):
-        assert sk.shingle_counts[i] == len(shingle_set(text, 5))
+        mine = sk.shingles[offsets[i]:offsets[i + 1]]
+        assert len(np.unique(mine)) == len(shingle_set(text, 5))
         reference = MinHash(num_perm=64, seed=9, hashfunc=lambda h: h)
-        reference.update_batch(sk.shingles[offsets[i]:offsets[i + 1]].tolist())
+        reference.update_batch(mine.tolist())
         assert np.array_equal(reference.hashvalues, sk.signatures[i])
 
 
