@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import re
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -39,6 +42,8 @@ if TYPE_CHECKING:  # for annotations only: tasks.dedup.stage imports this module
     from tasks.dedup.stage import DedupConfig
 
 WORK = "_work"  # the stage's scratch folder under its output, deleted once every unit is done
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # --- sketch files: phase 1's output and a local generation's format ----------------------------------------
@@ -251,6 +256,42 @@ def redis_connection_kwargs(url: str) -> dict[str, Any]:
     return kwargs
 
 
+# --- Redis: transient errors retried here, then handed to the stage's retry -----------------------------------
+
+# Redis errors a retry can fix: the connection dropped or timed out, or the server is loading its dataset
+# (BusyLoadingError is a ConnectionError in redis-py; named for the reader). None of them is an OSError, so
+# the stage-level retry, which retries Python's ConnectionError/TimeoutError/OSError, would not see them.
+REDIS_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                   redis.exceptions.BusyLoadingError)
+REDIS_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)  # seconds before attempts 2..6: under 4 s in all
+
+
+def redis_retry(what: str, op: Callable[[int], T], delays: tuple[float, ...] = REDIS_RETRY_DELAYS) -> T:
+    """`op(attempt)`, retried after each transient Redis error with a short backoff. When every attempt
+    fails, Python's ConnectionError is raised (chained to the last Redis error), which the stage's Prefect
+    retry treats as transient. `op` must be safe to repeat: every Redis write here is idempotent, or undone
+    by `op` itself when `attempt` > 0."""
+    for attempt in range(len(delays) + 1):
+        try:
+            return op(attempt)
+        except REDIS_TRANSIENT as exc:
+            if attempt == len(delays):
+                raise ConnectionError(f"dedup: Redis {what} failed {attempt + 1} times in "
+                                      f"{sum(delays):.1f} s, last with {type(exc).__name__}: {exc}") from exc
+            log.warning("dedup: Redis %s failed (%s: %s); retrying in %.2f s", what, type(exc).__name__, exc,
+                        delays[attempt])
+            time.sleep(delays[attempt])
+    raise AssertionError("unreachable")
+
+
+def redis_client_kwargs(url: str) -> dict[str, Any]:
+    """Connection settings of the index's clients: redis-py's own retries are off (it would resend a
+    pipeline blindly, which appends twice to datasketch's band lists); `redis_retry` retries instead,
+    knowing which operations are safe to repeat. Timeouts turn a silent server into a retried error."""
+    return {**redis_connection_kwargs(url), "retry": Retry(NoBackoff(), 0), "socket_connect_timeout": 5,
+            "socket_timeout": 60}
+
+
 class RedisIndex:
     """A datasketch MinHashLSH on Redis (storage_config), shared by every worker and by later runs, plus
     Redis hashes holding each key's signature, shingles, document id, and exact key -> key.
@@ -258,18 +299,23 @@ class RedisIndex:
     Keys are `<generation>:<n>`. A key is visible when its generation is this run's or one of `visible`
     (committed earlier generations, for incremental runs); anything else (a run in progress elsewhere, a
     killed one) is ignored. Lookups for a block are pipelined: one round trip per band, not per document.
+    Every operation is retried on transient errors (`redis_retry`).
     """
 
     def __init__(self, cfg: DedupConfig, base: bytes, gen: str, visible: set[str]):
-        bands, rows = lsh_params(cfg)
-        self.conn_kwargs = redis_connection_kwargs(cfg.redis_url)
+        self.params = lsh_params(cfg)
+        self.conn_kwargs = redis_client_kwargs(cfg.redis_url)
         self.redis = redis.Redis(**self.conn_kwargs)
         self.base, self.gen = base, gen.encode()
         self.visible = {g.encode() for g in visible} | {self.gen}
         self.num_perm = cfg.num_perm
-        self.lsh = MinHashLSH(num_perm=cfg.num_perm, params=(bands, rows), prepickle=False, storage_config={
-            "type": "redis", "basename": base, "redis": self.conn_kwargs})
+        self.lsh = self._new_lsh()
         self.count = 0
+
+    def _new_lsh(self) -> MinHashLSH:
+        """The LSH over this index's keys; a new one has empty insert buffers and fresh connections."""
+        return MinHashLSH(num_perm=self.num_perm, params=self.params, prepickle=False, storage_config={
+            "type": "redis", "basename": self.base, "redis": self.conn_kwargs})
 
     def name(self, what: str) -> bytes:
         return self.base + b":" + what.encode()
@@ -277,29 +323,34 @@ class RedisIndex:
     def _visible(self, key: bytes | None) -> bool:
         return key is not None and key.split(b":", 1)[0] in self.visible
 
+    def _hmget(self, what: str, keys: list) -> list:
+        if not keys:
+            return []
+        return redis_retry(f"read of {what}", lambda _: self.redis.hmget(self.name(what), keys))
+
     def find_exact(self, keys: list[bytes]) -> list[bytes | None]:
-        found = self.redis.hmget(self.name("exact"), keys) if keys else []
-        return [k if self._visible(k) else None for k in found]
+        return [k if self._visible(k) else None for k in self._hmget("exact", keys)]
 
     def candidates(self, bands: list[list[bytes]]) -> list[set[bytes]]:
+        columns = list(zip(*bands))
+        hits = redis_retry("bucket lookup", lambda _: [table.getmany(*column) for table, column
+                                                       in zip(self.lsh.hashtables, columns)])
         found: list[set[bytes]] = [set() for _ in bands]
-        for j, table in enumerate(self.lsh.hashtables):
-            for doc, hits in enumerate(table.getmany(*[b[j] for b in bands])):
-                found[doc].update(k for k in hits if self._visible(k))
+        for table_hits in hits:
+            for doc, keys in enumerate(table_hits):
+                found[doc].update(k for k in keys if self._visible(k))
         return found
 
     def signature_rows(self, keys: list[bytes]) -> np.ndarray:
         if not keys:
             return np.zeros((0, self.num_perm), np.uint32)
-        return np.stack([np.frombuffer(v, dtype="<u4") for v in self.redis.hmget(self.name("sig"), keys)])
+        return np.stack([np.frombuffer(v, dtype="<u4") for v in self._hmget("sig", keys)])
 
     def shingles(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
-        values = self.redis.hmget(self.name("shingles"), keys) if keys else []
-        return {k: np.frombuffer(v, dtype="<u4") for k, v in zip(keys, values)}
+        return {k: np.frombuffer(v, dtype="<u4") for k, v in zip(keys, self._hmget("shingles", keys))}
 
     def doc_ids(self, keys: list[bytes]) -> dict[bytes, str]:
-        values = self.redis.hmget(self.name("id"), keys) if keys else []
-        return {k: v.decode() for k, v in zip(keys, values)}
+        return {k: v.decode() for k, v in zip(keys, self._hmget("id", keys))}
 
     def is_previous(self, key: bytes) -> bool:
         return not key.startswith(self.gen + b":")
@@ -311,12 +362,23 @@ class RedisIndex:
     def add_source(self, shingles: np.ndarray) -> int:
         return -1
 
+    def mark_pending(self, input_tag: str) -> None:
+        """Record this run's generation as in progress (a cleanup of a killed run finds it by this)."""
+        record = json.dumps({"gen": self.gen.decode(), "state": "pending", "inputs": input_tag})
+        redis_retry("generation record", lambda _: self.redis.hset(self.name("gens"), self.gen, record))
+
     def add(self, batch: KeptBatch) -> list[bytes]:
-        """Insert kept documents: buckets through datasketch's buffered storage, the rest in one pipeline."""
+        """Insert kept documents: their records in one pipeline, then their buckets through datasketch's
+        buffered storage; each step is retried as a whole."""
         keys = [self.gen + b":" + str(self.count + i).encode() for i in range(len(batch.ids))]
         self.count += len(keys)
-        if not keys:
-            return keys
+        if keys:
+            redis_retry("write of kept documents", lambda _: self._write_records(keys, batch))
+            redis_retry("bucket insert", lambda attempt: self._insert_buckets(keys, batch.bands, attempt))
+        return keys
+
+    def _write_records(self, keys: list[bytes], batch: KeptBatch) -> None:
+        """Signatures, ids, shingles and exact keys: set members and hash fields, idempotent."""
         gen = self.gen.decode()
         pipe = self.redis.pipeline(transaction=False)
         pipe.sadd(self.name(f"gen:{gen}"), *keys)  # first, so that a cleanup finds everything
@@ -331,32 +393,49 @@ class RedisIndex:
         # a kept document's exact key was not visible before: whatever is there belongs to an unfinished run
         pipe.hset(self.name("exact"), mapping=dict(zip(batch.exact, keys)))
         pipe.execute()
-        for key, bands in zip(keys, batch.bands):
-            self.lsh.keys.insert(key, *bands, buffer=True)
-            for band, table in zip(bands, self.lsh.hashtables):
+
+    def _insert_buckets(self, keys: list[bytes], bands: list[list[bytes]], attempt: int) -> None:
+        """What MinHashLSH's insertion session does for these keys. Bucket sets are idempotent, but each
+        key's band list is appended to, so a repeat first drops the lists an earlier attempt may have
+        written, with a new LSH object whose buffers hold nothing of that attempt."""
+        if attempt:
+            self.lsh = self._new_lsh()
+            self.lsh.keys.remove(*keys)
+        for key, doc_bands in zip(keys, bands):
+            self.lsh.keys.insert(key, *doc_bands, buffer=True)
+            for band, table in zip(doc_bands, self.lsh.hashtables):
                 table.insert(band, key, buffer=True)
         for storage in [self.lsh.keys, *self.lsh.hashtables]:
             storage.empty_buffer()
-        return keys
 
     def close(self) -> None:
         self.redis.close()
 
     def remove_generation(self, gen: str) -> int:
         """Delete every key a generation inserted (a killed attempt, or a run that must not publish)."""
+        return redis_retry(f"removal of generation {gen}", lambda attempt: self._remove_generation(gen, attempt))
+
+    def _remove_generation(self, gen: str, attempt: int, chunk: int = 10000) -> int:
+        """Idempotent: bucket entries go before the band lists that locate them, and the generation's key
+        set, which finds everything, goes last; a repeat redoes what is left."""
+        if attempt:
+            self.lsh = self._new_lsh()
         keys = sorted(self.redis.smembers(self.name(f"gen:{gen}")))
-        with self.lsh.deletion_session() as session:
-            for key in keys:
-                if key in self.lsh:
-                    session.remove(key)
+        for start in range(0, len(keys), chunk):
+            part = keys[start:start + chunk]
+            for key, doc_bands in zip(part, self.lsh.keys.getmany(*part)):
+                for band, table in zip(doc_bands, self.lsh.hashtables):
+                    table.remove_val(band, key, buffer=True)
+            for table in self.lsh.hashtables:
+                table.empty_buffer()
+            self.lsh.keys.remove(*part)
+            for what in ("sig", "id", "shingles"):
+                self.redis.hdel(self.name(what), *part)
         exact_keys = list(self.redis.smembers(self.name(f"genexact:{gen}")))
         owners = self.redis.hmget(self.name("exact"), exact_keys) if exact_keys else []
         mine = [e for e, o in zip(exact_keys, owners) if o is not None and o.startswith(gen.encode() + b":")]
         if mine:
             self.redis.hdel(self.name("exact"), *mine)
-        if keys:
-            for what in ("sig", "id", "shingles"):
-                self.redis.hdel(self.name(what), *keys)
         self.redis.delete(self.name(f"gen:{gen}"), self.name(f"genexact:{gen}"))
         self.redis.hdel(self.name("gens"), gen)
         return len(keys)
@@ -382,8 +461,7 @@ def redis_base(cfg: DedupConfig, ctx: RunContext) -> bytes:
 
 def open_redis(cfg: DedupConfig) -> redis.Redis:
     """A connection to `cfg.redis_url`, checked at once: an unreachable server is a UserError."""
-    conn = redis.Redis(**redis_connection_kwargs(cfg.redis_url), socket_connect_timeout=10,
-                       retry=Retry(NoBackoff(), 1))  # redis-py's default backoff waits ~3 s to say "refused"
+    conn = redis.Redis(**redis_client_kwargs(cfg.redis_url))  # no redis-py retries: "refused" at once
     try:
         conn.ping()
     except redis.exceptions.RedisError as exc:
@@ -396,7 +474,8 @@ def committed_generations(cfg: DedupConfig, ctx: RunContext) -> list[dict[str, A
     """Records of the index's committed generations, oldest first."""
     if cfg.backend == "redis":
         conn = open_redis(cfg)
-        records = [json.loads(v) for v in conn.hgetall(redis_base(cfg, ctx) + b":gens").values()]
+        stored = redis_retry("read of generations", lambda _: conn.hgetall(redis_base(cfg, ctx) + b":gens"))
+        records = [json.loads(v) for v in stored.values()]
     else:
         store = ctx.open_store()
         gens_dir = f"{local_index_dir(store, index_id(cfg, ctx))}/gens"
@@ -410,8 +489,11 @@ def clear_index(cfg: DedupConfig, ctx: RunContext) -> None:
     """Forget everything the scope's index remembers (every generation)."""
     if cfg.backend == "redis":
         conn = open_redis(cfg)
-        for key in conn.scan_iter(match=redis_base(cfg, ctx) + b"*", count=1000):
-            conn.delete(key)
+
+        def delete_all(_: int) -> None:
+            for key in conn.scan_iter(match=redis_base(cfg, ctx) + b"*", count=1000):
+                conn.delete(key)
+        redis_retry("index removal", delete_all)
     else:
         store = ctx.open_store()
         store.rm(local_index_dir(store, index_id(cfg, ctx)))
@@ -474,9 +556,12 @@ def publish_generation(cfg: DedupConfig, ctx: RunContext, out_uri: str, gen: str
     if cfg.backend == "redis":
         conn = open_redis(cfg)
         name = redis_base(cfg, ctx) + b":gens"
-        current = conn.hget(name, gen)
-        if current is None or json.loads(current).get("state") != "committed":
-            conn.hset(name, gen, json.dumps(record))
+
+        def commit(_: int) -> None:
+            current = conn.hget(name, gen)
+            if current is None or json.loads(current).get("state") != "committed":
+                conn.hset(name, gen, json.dumps(record))
+        redis_retry("publication of the generation", commit)
         return True
     store = ctx.open_store()
     target = f"{local_index_dir(store, index_id(cfg, ctx))}/gens/{gen}"

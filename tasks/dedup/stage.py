@@ -32,7 +32,6 @@ the sketching functions are in `tasks.dedup.minhash`.
 from __future__ import annotations
 
 import gc
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -408,8 +407,7 @@ def _open_index(cfg: DedupConfig, unit: WorkUnit, store: Store) -> Any:
         open_redis(cfg)
         index = RedisIndex(cfg, extra["redis_base"].encode(), extra["gen"], set(extra["visible"]))
         index.remove_generation(extra["gen"])  # left by a killed earlier attempt of this very run
-        index.redis.hset(index.name("gens"), extra["gen"], json.dumps(
-            {"gen": extra["gen"], "state": "pending", "inputs": extra["input_tag"]}))
+        index.mark_pending(extra["input_tag"])
         return index
     index = LocalIndex(cfg.num_perm, *lsh_params(cfg))
     for gen in extra["visible"]:
