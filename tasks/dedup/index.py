@@ -266,11 +266,12 @@ REDIS_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutErr
 REDIS_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)  # seconds before attempts 2..6: under 4 s in all
 
 
-def redis_retry(what: str, op: Callable[[int], T], delays: tuple[float, ...] = REDIS_RETRY_DELAYS) -> T:
+def redis_retry(what: str, op: Callable[[int], T]) -> T:
     """`op(attempt)`, retried after each transient Redis error with a short backoff. When every attempt
     fails, Python's ConnectionError is raised (chained to the last Redis error), which the stage's Prefect
     retry treats as transient. `op` must be safe to repeat: every Redis write here is idempotent, or undone
     by `op` itself when `attempt` > 0."""
+    delays = REDIS_RETRY_DELAYS
     for attempt in range(len(delays) + 1):
         try:
             return op(attempt)
@@ -459,21 +460,28 @@ def redis_base(cfg: DedupConfig, ctx: RunContext) -> bytes:
     return f"llmpipe:dedup:{stable_hash(ctx.open_store().root, 8)}:{index_id(cfg, ctx)}".encode()
 
 
-def open_redis(cfg: DedupConfig) -> redis.Redis:
-    """A connection to `cfg.redis_url`, checked at once: an unreachable server is a UserError."""
+def check_redis(cfg: DedupConfig) -> None:
+    """Fail fast when the stage starts and Redis is not there at all: that is a setting to fix (a UserError,
+    not retried). Later errors are blips, retried by `redis_retry`."""
     conn = redis.Redis(**redis_client_kwargs(cfg.redis_url))  # no redis-py retries: "refused" at once
     try:
         conn.ping()
     except redis.exceptions.RedisError as exc:
         raise UserError(f"dedup.backend is 'redis' but Redis at {cfg.redis_url} is not reachable ({exc}). "
                         "Start Redis, fix dedup.redis_url, or set dedup.backend: local.") from exc
-    return conn
+    finally:
+        conn.close()
+
+
+def redis_client(cfg: DedupConfig) -> redis.Redis:
+    """A client for `cfg.redis_url` (it connects on first use); wrap its calls in `redis_retry`."""
+    return redis.Redis(**redis_client_kwargs(cfg.redis_url))
 
 
 def committed_generations(cfg: DedupConfig, ctx: RunContext) -> list[dict[str, Any]]:
     """Records of the index's committed generations, oldest first."""
     if cfg.backend == "redis":
-        conn = open_redis(cfg)
+        conn = redis_client(cfg)
         stored = redis_retry("read of generations", lambda _: conn.hgetall(redis_base(cfg, ctx) + b":gens"))
         records = [json.loads(v) for v in stored.values()]
     else:
@@ -488,7 +496,7 @@ def committed_generations(cfg: DedupConfig, ctx: RunContext) -> list[dict[str, A
 def clear_index(cfg: DedupConfig, ctx: RunContext) -> None:
     """Forget everything the scope's index remembers (every generation)."""
     if cfg.backend == "redis":
-        conn = open_redis(cfg)
+        conn = redis_client(cfg)
 
         def delete_all(_: int) -> None:
             for key in conn.scan_iter(match=redis_base(cfg, ctx) + b"*", count=1000):
@@ -554,7 +562,7 @@ def publish_generation(cfg: DedupConfig, ctx: RunContext, out_uri: str, gen: str
     record = {"gen": gen, "state": "committed", "inputs": input_tag, "docs": docs,
               "committed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")}
     if cfg.backend == "redis":
-        conn = open_redis(cfg)
+        conn = redis_client(cfg)
         name = redis_base(cfg, ctx) + b":gens"
 
         def commit(_: int) -> None:

@@ -59,12 +59,12 @@ from tasks.dedup.index import (
     LocalIndex,
     PendingGeneration,
     RedisIndex,
+    check_redis,
     clear_index,
     committed_generations,
     index_id,
     load_local_generation,
     local_index_dir,
-    open_redis,
     publish_generation,
     redis_base,
     redis_connection_kwargs,
@@ -404,7 +404,6 @@ def _open_index(cfg: DedupConfig, unit: WorkUnit, store: Store) -> Any:
     """What this run decides against: earlier committed generations (incremental) plus its own documents."""
     extra = unit.extra
     if cfg.backend == "redis":
-        open_redis(cfg)
         index = RedisIndex(cfg, extra["redis_base"].encode(), extra["gen"], set(extra["visible"]))
         index.remove_generation(extra["gen"])  # left by a killed earlier attempt of this very run
         index.mark_pending(extra["input_tag"])
@@ -517,7 +516,7 @@ def run_dedup(upstream: list[StageResult], out_uri: str, cfg: DedupConfig, ctx: 
     if not upstream:
         raise UserError("dedup needs an upstream stage with documents (collect or clean) and got none.")
     if cfg.backend == "redis":
-        open_redis(cfg)
+        check_redis(cfg)
     store, executor, timings = ctx.open_store(), ctx.executor(), {}
     inputs = [uri for result in upstream for uri in result.files("docs")]
     gen, input_tag = out_uri.rstrip("/").rsplit("/", 1)[-1], stable_hash(sorted(r.digest for r in upstream))
