@@ -4,10 +4,10 @@ against the best usage of datasketch, both end to end on the same Parquet files,
     python -m bench.dedup                      # defaults: about a minute on 2 cores
     python -m bench.dedup --pairs 3000 --speed-docs 50000 --json out.json
 
-Quality: 1 KB passages cut from the books under bench.common.shared_data(); each "original" gets one variant
-made by random word edits (replace, delete, insert, swap neighbours) applied until the shingle-set Jaccard with
-the original reaches a target level (1.0, 0.95, ..., 0.3), plus reformatting that must not matter (case, line
-wrapping, quote and dash styles); unrelated passages are added as negatives. Everything is shuffled and
+Quality: 1 KB passages cut from the books under bench.common.shared_data(); each "original" gets one
+variant made by random word edits (replace, delete, insert, swap neighbours) applied until the shingle-set
+Jaccard with the original reaches a target level (1.0, 0.95, ..., 0.3), plus reformatting that must not matter
+(case, line wrapping, quote and dash styles); unrelated passages are added as negatives. Everything is shuffled and
 deduplicated by the real stage and by the datasketch baseline. Truth is the exact Jaccard of word n-gram sets
 computed from the texts in pure Python (tasks.dedup.shingle_set), independently of the stage's hashing.
 Precision = removals whose (removed, kept) pair really has Jaccard >= threshold; recall = labeled pairs with
@@ -52,17 +52,9 @@ from tasks.core.docs import SCHEMA, DocWriter
 from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, RunnerConfig, run_stage
 from tasks.core.store import Store
-from tasks.dedup.stage import (
-    DedupConfig,
-    KeptBatch,
-    LocalIndex,
-    Sketcher,
-    band_keys,
-    lsh_params,
-    normalize_words,
-    run_dedup,
-    shingle_set,
-)
+from tasks.dedup.index import KeptBatch, LocalIndex
+from tasks.dedup.minhash import Sketcher, band_keys, lsh_params, normalize_words, shingle_set
+from tasks.dedup.stage import DedupConfig, run_dedup
 
 TARGETS = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.3]
 BINS = [0.0, 0.5, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.01]
@@ -247,7 +239,8 @@ def _datasketch_dedup(inputs: list[str], writer: pq.ParquetWriter, cfg: DedupCon
                     continue
                 exact = xxhash.xxh3_128_digest(" ".join(w).encode())
                 if exact in seen:
-                    removed.append({"removed_id": doc_id, "kept_id": seen[exact], "reason": "exact_duplicate"})
+                    removed.append({"removed_id": doc_id, "kept_id": seen[exact],
+                                    "reason": "exact_duplicate"})
                     continue
                 best = None  # (Jaccard, -order, id): the most similar kept document, the earliest on ties
                 for key in lsh.query(m):
@@ -370,7 +363,8 @@ def speed(workdir: Path, passages: list[str], cfg: DedupConfig, repeat: int, dup
                                "ours_phase_seconds": phases, "removed": removed}
     for side, (wall, cpu) in best.items():
         figures[side] = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
-                         "docs_per_s_per_core": round(len(docs) / cpu), "docs_per_s_wall": round(len(docs) / wall)}
+                         "docs_per_s_per_core": round(len(docs) / cpu),
+                         "docs_per_s_wall": round(len(docs) / wall)}
     figures["ratio_cpu"] = round(best["datasketch"][1] / best["ours"][1], 2)
     figures["ratio_wall"] = round(best["datasketch"][0] / best["ours"][0], 2)
     return figures
@@ -402,7 +396,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="directory of books-*.jsonl.gz (default: books/ under bench.common.shared_data())")
     p.add_argument("--pairs", type=int, default=1500, help="labeled (original, variant) pairs")
     p.add_argument("--negatives", type=int, default=1500, help="unrelated passages added to the labeled set")
-    p.add_argument("--speed-docs", type=int, default=20000, help="1 KB passages for the speed run (both sides)")
+    p.add_argument("--speed-docs", type=int, default=20000, help="1 KB passages for the speed run (each side)")
     p.add_argument("--dup-rate", type=float, default=0.1,
                    help="exact and near copies added to the speed run, as a share of --speed-docs")
     p.add_argument("--repeat", type=int, default=3, help="speed runs of each; the best counts")
@@ -470,7 +464,8 @@ def print_figures(f: dict[str, Any]) -> None:
         x = s[side]
         print(f"  {label:<24} {x['docs_per_s_per_core']:>7} docs/s per core (CPU {x['cpu_s']:.2f} s)   "
               f"{x['docs_per_s_wall']:>7} docs/s wall ({x['wall_s']:.2f} s)")
-    print(f"  ratio                    {s['ratio_cpu']:>7}x CPU time, {s['ratio_wall']}x wall   [target >= 3x]")
+    print(f"  ratio                    {s['ratio_cpu']:>7}x CPU time, {s['ratio_wall']}x wall   "
+          "[target >= 3x]")
     print(f"  ours by phase (s): {s['ours_phase_seconds']}   removed: {s['removed']}")
     m = f["memory"]
     print(f"\nlocal index memory: {m['local_index_bytes_per_doc']} B/doc "

@@ -154,7 +154,8 @@ def _dict_storages(lsh: MinHashLSH) -> tuple[dict, list[dict]]:
     LocalIndex reads and writes them directly: a storage method call per band and document costs more
     than the dict operation itself, and a block touches 16 of them per document.
     """
-    if not isinstance(lsh.keys, DictListStorage) or not all(isinstance(t, DictSetStorage) for t in lsh.hashtables):
+    dict_backed = isinstance(lsh.keys, DictListStorage) and all(isinstance(t, DictSetStorage) for t in lsh.hashtables)
+    if not dict_backed:
         raise TypeError("LocalIndex needs MinHashLSH's in-memory dict storage")
     return lsh.keys._dict, [table._dict for table in lsh.hashtables]
 
@@ -256,7 +257,7 @@ def redis_connection_kwargs(url: str) -> dict[str, Any]:
     return kwargs
 
 
-# --- Redis: transient errors retried here, then handed to the stage's retry -----------------------------------
+# --- Redis: transient errors retried here, then handed to the stage's retry ---------------------------------
 
 # Redis errors a retry can fix: the connection dropped or timed out, or the server is loading its dataset
 # (BusyLoadingError is a ConnectionError in redis-py; named for the reader). None of them is an OSError, so
@@ -414,7 +415,8 @@ class RedisIndex:
 
     def remove_generation(self, gen: str) -> int:
         """Delete every key a generation inserted (a killed attempt, or a run that must not publish)."""
-        return redis_retry(f"removal of generation {gen}", lambda attempt: self._remove_generation(gen, attempt))
+        return redis_retry(f"removal of generation {gen}",
+                           lambda attempt: self._remove_generation(gen, attempt))
 
     def _remove_generation(self, gen: str, attempt: int, chunk: int = 10000) -> int:
         """Idempotent: bucket entries go before the band lists that locate them, and the generation's key

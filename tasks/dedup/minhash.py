@@ -219,7 +219,7 @@ def _shingle_hashes(words: np.ndarray, n_words: np.ndarray, ngram: int) -> tuple
 
 
 class Sketcher:
-    """Turns batches of texts into exact keys, shingle hashes and MinHash signatures (datasketch-compatible)."""
+    """Turns batches of texts into exact keys, shingle hashes and datasketch-compatible MinHash signatures."""
 
     def __init__(self, cfg: SketchSettings):
         self.ngram, self.num_perm = cfg.ngram, cfg.num_perm

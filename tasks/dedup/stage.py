@@ -67,7 +67,6 @@ from tasks.dedup.index import (
     local_index_dir,
     publish_generation,
     redis_base,
-    redis_connection_kwargs,
     shingle_source,
     signature_matrix,
     sketch_schema,
@@ -82,15 +81,12 @@ from tasks.dedup.minhash import (
     exact_jaccard,
     gather_ranges,
     lsh_params,
-    normalize_words,
     shared_bands,
-    shingle_set,
 )
 
-__all__ = [  # the stage, and what code using it imports from here (the rest lives in the modules above)
-    "DedupConfig", "run_dedup", "dedup_task", "sketch_unit", "decide_unit", "keep_unit",
-    "KeptBatch", "LocalIndex", "RedisIndex", "Sketcher", "band_keys", "lsh_params",
-    "normalize_words", "shingle_set", "clear_index", "committed_generations", "redis_connection_kwargs",
+__all__ = [  # the stage; `clear_index` and `committed_generations` for code managing the persistent index
+    "DedupConfig", "clear_index", "committed_generations", "decide_unit", "dedup_task", "keep_unit",
+    "run_dedup", "sketch_unit",
 ]
 
 # --- config ---------------------------------------------------------------------------------------------

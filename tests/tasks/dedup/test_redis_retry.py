@@ -1,4 +1,4 @@
-"""The Redis index survives connection blips: transient Redis errors are retried, then handed to the stage retry.
+"""The Redis index survives connection blips: transient Redis errors are retried, then left to the stage retry.
 
 The end-to-end test runs the stage against the real Redis (127.0.0.1:6379) through a TCP proxy that cuts
 every open connection at set points of the traffic (part of a pipeline reaches the server, part does not)
@@ -33,7 +33,7 @@ def _redis_skip_reason() -> str | None:
     try:
         redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=1).ping()
     except redis.RedisError as exc:
-        return f"Redis at {REDIS_HOST}:{REDIS_PORT} is not reachable ({exc}); the blip test needs a real server"
+        return f"Redis at {REDIS_HOST}:{REDIS_PORT} is not reachable ({exc}); the blip test needs a server"
     return None
 
 
@@ -45,7 +45,8 @@ def no_sleep(monkeypatch):
     monkeypatch.setattr(dedup_index, "REDIS_RETRY_DELAYS", (0.0, 0.0, 0.0))
 
 
-@pytest.mark.parametrize("error", [redis.exceptions.ConnectionError("reset"), redis.exceptions.TimeoutError("slow"),
+@pytest.mark.parametrize("error", [redis.exceptions.ConnectionError("reset"),
+                                   redis.exceptions.TimeoutError("slow"),
                                    redis.exceptions.BusyLoadingError("loading")])
 def test_transient_redis_errors_are_retried(no_sleep, error):
     attempts = []
@@ -77,14 +78,14 @@ def test_other_redis_errors_are_not_retried(no_sleep):
 
     def wrong_type(attempt: int) -> None:
         attempts.append(attempt)
-        raise redis.exceptions.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+        raise redis.exceptions.ResponseError("WRONGTYPE Operation against a key holding the wrong kind")
 
     with pytest.raises(redis.exceptions.ResponseError):
         redis_retry("test op", wrong_type)
     assert attempts == [0]
 
 
-# --- end to end through a proxy that drops connections -------------------------------------------------------
+# --- end to end through a proxy that drops connections ------------------------------------------------------
 
 
 class BlipProxy:
