@@ -7,20 +7,23 @@ against the best usage of datasketch, both end to end on the same Parquet files,
 Quality: 1 KB passages cut from the books under bench.common.shared_data(); each "original" gets one
 variant made by random word edits (replace, delete, insert, swap neighbours) applied until the shingle-set
 Jaccard with the original reaches a target level (1.0, 0.95, ..., 0.3), plus reformatting that must not matter
-(case, line wrapping, quote and dash styles); unrelated passages are added as negatives. Everything is shuffled and
-deduplicated by the real stage and by the datasketch baseline. Truth is the exact Jaccard of word n-gram sets
-computed from the texts in pure Python (tasks.dedup.shingle_set), independently of the stage's hashing.
+(case, line wrapping, quote and dash styles); unrelated passages are added as negatives. Everything is
+shuffled and deduplicated by the real stage and by the datasketch baseline. Truth is the exact Jaccard of word
+n-gram sets computed from the texts in pure Python (tasks.dedup.minhash.shingle_set), independently of the
+stage's hashing.
 Precision = removals whose (removed, kept) pair really has Jaccard >= threshold; recall = labeled pairs with
 Jaccard >= 0.85 where the later document was removed.
 
-Speed: docs/s of the same job done both ways on the same 1 KB passages (the same Parquet shards in, the kept
-documents written as Parquet out, one process = one core), best of `--repeat`, interleaved:
+Speed: the same job done both ways on the same 1 KB passages plus 10% exact and near copies (`--dup-rate`):
+the same Parquet shards in, the kept documents written as Parquet out, one process each, best of `--repeat`,
+interleaved. Per-core docs/s come from CPU seconds of the process (all its threads), which other load on a
+shared machine does not inflate; wall seconds are printed too.
 - ours: the whole dedup stage (`run_stage`, one worker), reports and manifest included;
 - datasketch: what a competent user writes (`datasketch_dedup` below): read the shards with pyarrow, the same
   word normalization and 5-gram shingles, `MinHash.bulk(..., hashfunc=xxhash.xxh32_intdigest)` per batch,
   exact duplicates by xxh3-128 of the word sequence, `MinHashLSH` with the same bands x rows,
   `query` then `insert` per document, candidates confirmed by the exact Jaccard of the shingle sets (as the
-  stage does), the kept rows written with pyarrow.
+  stage does), the kept rows written with pyarrow, the cyclic GC off (as in the stage's decide phase).
 """
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, RunnerConfig, run_stage
 from tasks.core.store import Store
 from tasks.dedup.index import KeptBatch, LocalIndex
-from tasks.dedup.minhash import Sketcher, band_keys, lsh_params, normalize_words, shingle_set
+from tasks.dedup.minhash import Sketcher, band_hashes, lsh_params, normalize_words, shingle_set
 from tasks.dedup.stage import DedupConfig, run_dedup
 
 TARGETS = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.3]
@@ -317,22 +320,27 @@ def quality(workdir: Path, docs: list[tuple[str, str]], pairs: list[dict[str, An
     return figures
 
 
-def local_index_bytes_per_doc(texts: list[str], cfg: DedupConfig) -> float:
-    """Python heap the local backend's in-memory index needs per kept document (LSH, signatures, ids)."""
+def local_index_bytes_per_doc(texts: list[str], cfg: DedupConfig) -> dict[str, float]:
+    """Python heap per kept document of the local backend's in-memory index (buckets, signatures, ids), and of
+    a datasketch MinHashLSH (dict storage) holding the same signatures, for comparison."""
     sk = Sketcher(cfg).sketch(texts)
     bands, rows = lsh_params(cfg)
-    keys = band_keys(sk.signatures, bands, rows)
     batch = KeptBatch(ids=[f"doc-{i:09d}" for i in range(len(texts))], exact=sk.exact, n_words=sk.n_words,
-                      signatures=sk.signatures, bands=keys, shingles=[],
-                      locations=np.zeros((len(texts), 3), np.int64))
+                      signatures=sk.signatures, band_hashes=band_hashes(sk.signatures, bands, rows),
+                      shingles=np.zeros(0, np.uint32), locations=np.zeros((len(texts), 3), np.int64))
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     index = LocalIndex(cfg.num_perm, bands, rows)
     index.add(batch)
-    used = tracemalloc.get_traced_memory()[0] - before
+    ours = tracemalloc.get_traced_memory()[0] - before
+    before = tracemalloc.get_traced_memory()[0]
+    lsh = MinHashLSH(num_perm=cfg.num_perm, params=(bands, rows))
+    for i, signature in enumerate(sk.signatures):
+        lsh.insert(batch.ids[i], MinHash(num_perm=cfg.num_perm, seed=cfg.seed, hashvalues=signature,
+                                         scheme="affine32"), check_duplication=False)
+    theirs = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    del index
-    return used / len(texts)
+    return {"ours": ours / len(texts), "datasketch_lsh": theirs / len(texts)}
 
 
 
@@ -434,8 +442,9 @@ def run(args: argparse.Namespace, cfg: DedupConfig, workdir: Path) -> dict[str, 
     figures["quality"] = quality(workdir, docs, pairs, cfg)
     figures["speed"] = speed(workdir, speed_passages, cfg, args.repeat, args.dup_rate, args.seed)
     per_doc = local_index_bytes_per_doc(speed_passages[:10000], cfg)
-    figures["memory"] = {"local_index_bytes_per_doc": round(per_doc),
-                         "local_index_gb_per_million_docs": round(per_doc * 1e6 / 1e9, 2)}
+    figures["memory"] = {"local_index_bytes_per_doc": round(per_doc["ours"]),
+                         "local_index_gb_per_million_docs": round(per_doc["ours"] * 1e6 / 1e9, 2),
+                         "datasketch_lsh_bytes_per_doc": round(per_doc["datasketch_lsh"])}
     if args.redis_docs:
         figures["redis"] = redis_backend(workdir, speed_passages[:args.redis_docs], cfg, args.redis_url)
     figures["seconds"] = round(time.perf_counter() - start, 1)
@@ -469,7 +478,8 @@ def print_figures(f: dict[str, Any]) -> None:
     print(f"  ours by phase (s): {s['ours_phase_seconds']}   removed: {s['removed']}")
     m = f["memory"]
     print(f"\nlocal index memory: {m['local_index_bytes_per_doc']} B/doc "
-          f"= {m['local_index_gb_per_million_docs']} GB per million docs")
+          f"= {m['local_index_gb_per_million_docs']} GB per million docs "
+          f"(datasketch MinHashLSH, dict storage: {m['datasketch_lsh_bytes_per_doc']} B/doc)")
     r = f.get("redis")
     if r and "skipped" in r:
         print(f"redis backend: skipped ({r['skipped']})")

@@ -272,7 +272,8 @@ class Sketcher:
 
 
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> list[list[bytes]]:
-    """Each document's LSH bucket keys: byte for byte what MinHashLSH computes (big-endian band values)."""
+    """Each document's LSH bucket keys on Redis: byte for byte what MinHashLSH computes (big-endian band
+    values), so the Redis index is a plain datasketch index."""
     big_endian = np.ascontiguousarray(signatures[:, :bands * rows]).astype(">u4")
     return big_endian.view(f"V{rows * 4}").tolist()  # (K, bands) raw byte strings, NULs kept
 
@@ -283,22 +284,31 @@ def gather_ranges(values: np.ndarray, starts: np.ndarray, counts: np.ndarray) ->
     return values[np.arange(int(counts.sum())) + np.repeat(starts - first, counts)]
 
 
-def shared_bands(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(K, bands) number of the group of block documents sharing each document's band value, -1 if none do.
+def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(K, bands) uint64: a 64-bit hash of each band's values (the in-memory index's bucket keys).
 
-    Found with one sort per band over 64-bit hashes of the band values (a rare hash collision only adds a
-    candidate that verification then rejects), so documents sharing nothing cost nothing in the loop.
+    Equal bands give equal hashes; two different bands collide with probability about 2^-64, which would
+    only add a candidate that verification then rejects.
     """
     k = len(signatures)
     values = signatures[:, :bands * rows].astype(_U64).reshape(k, bands, rows)
     h = np.zeros((k, bands), dtype=_U64)
     for i in range(rows):
         h = h * _U64(0x100000001B3) + values[:, :, i]
-    h = _fmix64(h)
+    return _fmix64(h)
+
+
+def shared_bands(hashes: np.ndarray) -> np.ndarray:
+    """(K, bands) number of the group of block documents sharing each document's band value, -1 if none do.
+
+    Found with one sort per band over the band hashes (K, bands), so documents sharing nothing cost nothing
+    in the loop.
+    """
+    k, bands = hashes.shape
     groups = np.full((k, bands), -1, dtype=np.int64)
     for j in range(bands):
-        order = np.argsort(h[:, j], kind="stable")
-        sorted_h = h[order, j]
+        order = np.argsort(hashes[:, j], kind="stable")
+        sorted_h = hashes[order, j]
         same_as_next = np.flatnonzero(sorted_h[1:] == sorted_h[:-1])
         if len(same_as_next):
             run_start = np.concatenate([[True], sorted_h[1:] != sorted_h[:-1]])

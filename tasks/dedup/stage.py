@@ -9,7 +9,7 @@ Three phases, each a set of resumable work units on the run's executor:
    Results go to `_work/sketch/<unit>.parquet` (+ the shingle hashes, in word order, in `<unit>.u32`).
 2. `decide_unit`, one unit, sequential in a fixed order (input shard order, then row order): the first
    document of a duplicate cluster is kept. A document is an exact duplicate when its exact hash was
-   kept before; otherwise the MinHashLSH index (datasketch, in memory or on Redis) proposes candidates,
+   kept before; otherwise the LSH index (in memory, or datasketch's MinHashLSH on Redis) proposes candidates,
    which are checked first by the Jaccard estimated from the signatures and then by the exact Jaccard of
    the two shingle sets (`verify: exact`), so a removal always means Jaccard >= threshold. Candidates are
    looked up and inserted a block at a time (pipelined on Redis), and within a block the decisions are
@@ -21,10 +21,10 @@ Outputs: `docs/` (kept rows, unchanged), `removed.parquet` (removed_id, kept_id,
 never text), `report.json` (counts, clusters, parameters, index use, example pairs). Drop reasons:
 `exact_duplicate`, `near_duplicate`, `seen_before` (incremental), `empty` (no words). The scratch files
 under `_work/` are deleted once every unit is done. Memory: phases 1 and 3 stream in bounded batches;
-phase 2 holds the LSH index, about 6-8 KB per kept document with the local backend (datasketch's dict
-storage: a set per bucket, 16 buckets per document at the defaults), i.e. 6-8 GB per million documents;
-with Redis it moves to the Redis server (~11 KB per document); the process keeps a byte per document
-and an entry per duplicate cluster.
+phase 2 holds the LSH index, about 3 KB per kept document with the local backend (16 bucket entries,
+the signature and the id at the defaults), i.e. about 3 GB per million documents; with Redis it moves
+to the Redis server (~11 KB per document); the process keeps a byte per document and an entry per
+duplicate cluster.
 
 The persistent index (generations published by finished runs, `incremental`) is in `tasks.dedup.index`;
 the sketching functions are in `tasks.dedup.minhash`.
@@ -76,7 +76,7 @@ from tasks.dedup.index import (
 )
 from tasks.dedup.minhash import (
     Sketcher,
-    band_keys,
+    band_hashes,
     estimated_jaccard,
     exact_jaccard,
     gather_ranges,
@@ -217,7 +217,7 @@ class Block:
     sh_count: np.ndarray  # (K,)
     source: np.ndarray  # the unit's flat shingle array
     source_id: int  # its number among the index's sources (local backend)
-    bands: list[list[bytes]]
+    band_hashes: np.ndarray  # (K, bands) uint64
 
     def shingles(self, i: int) -> np.ndarray:
         return self.source[self.sh_start[i]:self.sh_start[i] + self.sh_count[i]]
@@ -229,7 +229,7 @@ class Block:
                     else np.zeros(0, np.uint32))
         return KeptBatch(ids=[self.ids[d] for d in docs], exact=[self.exact[d] for d in docs],
                          n_words=self.n_words[docs], signatures=self.signatures[docs],
-                         bands=[self.bands[d] for d in docs], shingles=shingles, locations=locations)
+                         band_hashes=self.band_hashes[docs], shingles=shingles, locations=locations)
 
 
 @dataclass
@@ -270,7 +270,8 @@ def _index_matches(block: Block, index: Any, verifier: Verifier) -> tuple[list[A
     The lookups for the whole block are batched (a few pipelined round trips on Redis).
     """
     exact_hits = index.find_exact(block.exact)
-    candidates = [sorted(c, key=index.rank) for c in index.candidates(block.bands)]
+    candidates = [sorted(c, key=index.rank) if c else []
+                  for c in index.candidates(block.signatures, block.band_hashes)]
     keys = sorted({k for c in candidates for k in c}, key=index.rank)
     position = {k: i for i, k in enumerate(keys)}
     rows = index.signature_rows(keys)
@@ -393,7 +394,7 @@ def _iter_blocks(store: Store, unit_ids: list[str], out_uri: str, cfg: DedupConf
                                  n_words=batch.column("n_words").to_numpy(), signatures=sigs,
                                  sh_start=batch.column("sh_start").to_numpy(),
                                  sh_count=batch.column("sh_count").to_numpy(), source=source,
-                                 source_id=source_id, bands=band_keys(sigs, bands, rows))
+                                 source_id=source_id, band_hashes=band_hashes(sigs, bands, rows))
 
 
 def _open_index(cfg: DedupConfig, unit: WorkUnit, store: Store) -> Any:
@@ -432,7 +433,7 @@ def _decide(unit: WorkUnit) -> UnitResult:
     codes: dict[str, list[np.ndarray]] = {u: [] for u in unit.extra["units"]}
     try:
         for unit_id, block in _iter_blocks(store, unit.extra["units"], unit.out_uri, cfg, index):
-            groups = shared_bands(block.signatures, bands, rows)
+            groups = shared_bands(block.band_hashes)
             decisions, kept = _decide_block(block, index, verifier, groups)
             batch = block.kept(kept, verifier.exact)
             keys = index.add(batch)

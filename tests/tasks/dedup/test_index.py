@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import redis
-from datasketch import MinHash
 
 from tasks.core.stage import RunContext
 from tasks.core.store import Store
@@ -32,7 +31,7 @@ from tasks.dedup.index import (
     sketch_writer,
     visible_generations,
 )
-from tasks.dedup.minhash import Sketcher, band_keys, lsh_params
+from tasks.dedup.minhash import Sketcher, band_hashes, band_keys, lsh_params
 from tasks.dedup.stage import DedupConfig
 
 CFG = DedupConfig(num_perm=64, bands=8, rows=8)
@@ -57,19 +56,15 @@ def kept_batch(docs: list[str], prefix: str, source: int = 0, with_shingles: boo
     sk = Sketcher(CFG).sketch(docs)
     starts = np.cumsum(sk.shingle_counts) - sk.shingle_counts
     return KeptBatch(ids=[f"{prefix}{i}" for i in range(len(docs))], exact=sk.exact, n_words=sk.n_words,
-                     signatures=sk.signatures, bands=band_keys(sk.signatures, *lsh_params(CFG)),
+                     signatures=sk.signatures, band_hashes=band_hashes(sk.signatures, *lsh_params(CFG)),
                      shingles=sk.shingles if with_shingles else np.zeros(0, np.uint32),
                      locations=np.stack([np.full(len(docs), source), starts, sk.shingle_counts], axis=1))
-
-
-def as_minhash(signature: np.ndarray) -> MinHash:
-    return MinHash(num_perm=64, seed=CFG.seed, hashvalues=signature, scheme="affine32")
 
 
 # --- the local index ----------------------------------------------------------------------------------------
 
 
-def test_local_index_inserts_and_looks_up_like_minhashlsh():
+def test_local_index_inserts_and_looks_up():
     docs = texts(12)
     first, second = kept_batch(docs[:8], "a"), kept_batch(docs[8:], "b", source=1)
     index = LocalIndex(64, 8, 8)
@@ -79,9 +74,7 @@ def test_local_index_inserts_and_looks_up_like_minhashlsh():
     index.add_source(second.shingles)
     assert index.add(second) == [8, 9, 10, 11]
     probe = kept_batch([docs[2], docs[10], "brand new words here and there"], "q")
-    assert [2 in probe_hits for probe_hits in index.candidates(probe.bands)] == [True, False, False]
-    assert 10 in index.candidates(probe.bands)[1]
-    assert index.candidates(probe.bands)[2] == set()
+    assert index.candidates(probe.signatures, probe.band_hashes) == [{2}, {10}, set()]
     assert index.find_exact(probe.exact) == [2, 10, None]
     assert index.doc_ids([2, 10]) == {2: "a2", 10: "b2"}
     assert index.is_previous(7) and not index.is_previous(8)
@@ -89,12 +82,32 @@ def test_local_index_inserts_and_looks_up_like_minhashlsh():
     assert np.array_equal(index.signature_rows([10, 2]), expected_rows)
     start, count = probe.locations[1, 1:]
     assert np.array_equal(index.shingles([10])[10], probe.shingles[start:start + count])
-    # the index is a plain datasketch MinHashLSH: its own query and insert agree with our block operations
-    assert 10 in index.lsh.query(as_minhash(second.signatures[2]))
-    index.lsh.insert("theirs", as_minhash(probe.signatures[2]))
-    assert index.candidates(probe.bands)[2] == {"theirs"}
     index.close()
-    assert index.lsh.query(as_minhash(second.signatures[2])) == []
+    assert index.candidates(probe.signatures, probe.band_hashes) == [set(), set(), set()]
+
+
+def test_local_index_buckets_follow_minhashlsh_banding():
+    """A document is a candidate when all rows of one band equal the query's, as in datasketch's MinHashLSH;
+    buckets shared by several documents (in one batch or across batches) keep them all."""
+    rng = np.random.default_rng(6)
+    signatures = rng.integers(0, 2 ** 32, size=(6, 64), dtype=np.uint64).astype(np.uint32)
+    signatures[1, 8:16] = signatures[0, 8:16]  # band 1 of doc 0
+    signatures[2, 8:16] = signatures[0, 8:16]
+    signatures[3, 8:15] = signatures[0, 8:15]  # 7 of 8 rows: no shared band
+    signatures[4] = signatures[0]
+    index = LocalIndex(64, 8, 8)
+
+    def batch(rows: list[int]) -> KeptBatch:
+        sigs = signatures[rows]
+        return KeptBatch(ids=[f"d{r}" for r in rows], exact=[bytes([r]) * 16 for r in rows],
+                         n_words=np.ones(len(rows), np.int64), signatures=sigs,
+                         band_hashes=band_hashes(sigs, 8, 8), shingles=np.zeros(0, np.uint32),
+                         locations=np.zeros((len(rows), 3), np.int64))
+
+    index.add(batch([0, 1]))
+    index.add(batch([2, 3]))  # keys 2, 3
+    probe = batch([0, 3, 4, 5])
+    assert index.candidates(probe.signatures, probe.band_hashes) == [{0, 1, 2}, {3}, {0, 1, 2}, set()]
 
 
 def test_sketch_table_round_trip(tmp_path):
@@ -136,7 +149,7 @@ def test_local_generation_persists_publishes_and_loads(tmp_path):
     assert len(loaded) == 10 and loaded.doc_ids([0, 9]) == {0: "a0", 9: "b3"}
     fresh = kept_batch(docs, "x")
     assert loaded.find_exact(fresh.exact) == list(range(10))
-    assert all(d in hits for d, hits in enumerate(loaded.candidates(fresh.bands)))
+    assert all(d in hits for d, hits in enumerate(loaded.candidates(fresh.signatures, fresh.band_hashes)))
     assert np.array_equal(loaded.signature_rows(list(range(10))), fresh.signatures)
     for d in (0, 7):  # shingles come back from the generation's shingles.u32
         start, count = fresh.locations[d, 1:]
@@ -181,23 +194,25 @@ def test_redis_index_visibility_repeats_and_removal(redis_ctx):
     keys = first.add(batch)
     assert keys == [b"g1:0", b"g1:1", b"g1:2", b"g1:3", b"g1:4", b"g1:5"]
     assert first.find_exact(batch.exact[:2]) == keys[:2]
-    assert all(keys[d] in hits for d, hits in enumerate(first.candidates(batch.bands)))
+    assert all(keys[d] in hits for d, hits in enumerate(first.candidates(batch.signatures, None)))
     assert first.doc_ids(keys[:1]) == {b"g1:0": "d0"}
     assert np.array_equal(first.signature_rows(keys), batch.signatures)
     start, count = batch.locations[4, 1:]
     assert np.array_equal(first.shingles([keys[4]])[keys[4]], batch.shingles[start:start + count])
 
     # a repeated bucket insert (after a dropped connection) leaves one band list per key, not two
-    first._insert_buckets(keys, batch.bands, attempt=1)
+    first._insert_buckets(keys, band_keys(batch.signatures, 8, 8), attempt=1)
     assert [len(b) for b in first.lsh.keys.getmany(*keys)] == [8] * 6
 
     # another run sees generation g1 only when it is told to (a committed generation, incremental runs)
     blind, seeing = RedisIndex(cfg, base, "g2", set()), RedisIndex(cfg, base, "g2", {"g1"})
-    assert blind.find_exact(batch.exact) == [None] * 6 and blind.candidates(batch.bands) == [set()] * 6
+    assert blind.find_exact(batch.exact) == [None] * 6
+    assert blind.candidates(batch.signatures, None) == [set()] * 6
     assert seeing.find_exact(batch.exact) == keys and seeing.is_previous(keys[0])
     assert seeing.rank(b"g1:3") < seeing.rank(b"g2:0")  # earlier generations rank first
 
     assert first.remove_generation("g1") == 6
     assert first.remove_generation("g1") == 0  # idempotent: a retried removal finds nothing left
-    assert seeing.find_exact(batch.exact) == [None] * 6 and seeing.candidates(batch.bands) == [set()] * 6
+    assert seeing.find_exact(batch.exact) == [None] * 6
+    assert seeing.candidates(batch.signatures, None) == [set()] * 6
     assert first.lsh.keys.getmany(*keys) == [[]] * 6

@@ -1,4 +1,4 @@
-"""Tests for tasks.dedup.minhash: words, shingles, signatures (datasketch's bit for bit), band keys, Jaccard."""
+"""Tests for tasks.dedup.minhash: words, shingles, signatures (datasketch's bit for bit), bands, Jaccard."""
 from __future__ import annotations
 
 import random
@@ -11,6 +11,7 @@ from datasketch import MinHash, MinHashLSH
 from tasks.dedup import minhash
 from tasks.dedup.minhash import (
     Sketcher,
+    band_hashes,
     band_keys,
     exact_jaccard,
     gather_ranges,
@@ -162,7 +163,9 @@ def test_shared_bands_groups_documents_with_equal_band_values():
     signatures = rng.integers(0, 2 ** 32, size=(6, 16), dtype=np.uint64).astype(np.uint32)
     signatures[3, 4:8] = signatures[1, 4:8]  # band 1 of docs 1 and 3
     signatures[5] = signatures[2]  # every band of docs 2 and 5
-    groups = shared_bands(signatures, bands=4, rows=4)
+    hashes = band_hashes(signatures, bands=4, rows=4)
+    assert hashes[1, 1] == hashes[3, 1] and hashes[1, 0] != hashes[3, 0] and (hashes[2] == hashes[5]).all()
+    groups = shared_bands(hashes)
     assert groups[1, 1] == groups[3, 1] >= 0 and (groups[[1, 3]][:, [0, 2, 3]] == -1).all()
     assert (groups[2] == groups[5]).all() and (groups[2] >= 0).all()
     assert (groups[[0, 4]] == -1).all()
