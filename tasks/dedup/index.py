@@ -274,8 +274,9 @@ def redis_retry(what: str, op: Callable[[int], T]) -> T:
             return op(attempt)
         except REDIS_TRANSIENT as exc:
             if attempt == len(delays):
-                raise ConnectionError(f"dedup: Redis {what} failed {attempt + 1} times in "
-                                      f"{sum(delays):.1f} s, last with {type(exc).__name__}: {exc}") from exc
+                raise ConnectionError(f"dedup: Redis {what} failed {attempt + 1} times in {sum(delays):.1f} s, "
+                                      f"last with {type(exc).__name__}: {exc}. If this lasts, check that the "
+                                      "server at dedup.redis_url is up and reachable.") from exc
             log.warning("dedup: Redis %s failed (%s: %s); retrying in %.2f s", what, type(exc).__name__, exc,
                         delays[attempt])
             time.sleep(delays[attempt])
