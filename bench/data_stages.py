@@ -8,7 +8,8 @@ whole-corpus figure (wall time and peak RSS of clean + dedup + pii on the books 
 Per stage (each is also runnable alone, with more options):
     python -m bench.clean    filters and normalization: docs/s and MB/s per core vs the same rules written plainly
     python -m bench.dedup    near-duplicate precision/recall on a labeled set from the books; docs/s per core
-                             vs datasketch's basic usage (MinHash().update per shingle, then LSH)
+                             end to end (Parquet in and out) vs datasketch's best usage on the same documents
+                             (MinHash.bulk with xxh32, MinHashLSH, exact Jaccard check)
     python -m bench.pii      recall/precision per entity on planted PII; docs/s per core vs presidio's
                              AnalyzerEngine with its default recognizers
 """

@@ -6,10 +6,10 @@ Three phases, each a set of resumable work units on the run's executor:
    are runs of letters and digits; punctuation, whitespace and formatting are ignored), hashed for exact
    matching (xxh3-128 of its word sequence) and cut into word n-gram shingles, from which a datasketch
    MinHash signature (scheme `affine32`) is computed for a whole batch of documents at once in numpy.
-   Results go to `_work/sketch/<unit>.parquet` (+ the sorted shingle hashes in `<unit>.u32`).
+   Results go to `_work/sketch/<unit>.parquet` (+ the shingle hashes, in word order, in `<unit>.u32`).
 2. `decide_unit`, one unit, sequential in a fixed order (input shard order, then row order): the first
    document of a duplicate cluster is kept. A document is an exact duplicate when its exact hash was
-   kept before; otherwise the MinHashLSH index (datasketch, in memory or on Redis) proposes candidates,
+   kept before; otherwise the LSH index (in memory, or datasketch's MinHashLSH on Redis) proposes candidates,
    which are checked first by the Jaccard estimated from the signatures and then by the exact Jaccard of
    the two shingle sets (`verify: exact`), so a removal always means Jaccard >= threshold. Candidates are
    looked up and inserted a block at a time (pipelined on Redis), and within a block the decisions are
@@ -21,10 +21,10 @@ Outputs: `docs/` (kept rows, unchanged), `removed.parquet` (removed_id, kept_id,
 never text), `report.json` (counts, clusters, parameters, index use, example pairs). Drop reasons:
 `exact_duplicate`, `near_duplicate`, `seen_before` (incremental), `empty` (no words). The scratch files
 under `_work/` are deleted once every unit is done. Memory: phases 1 and 3 stream in bounded batches;
-phase 2 holds the LSH index, about 6-8 KB per kept document with the local backend (datasketch's dict
-storage: a set per bucket, 16 buckets per document at the defaults), i.e. 6-8 GB per million documents;
-with Redis it moves to the Redis server (~11 KB per document); the process keeps a byte per document
-and an entry per duplicate cluster.
+phase 2 holds the LSH index, about 3 KB per kept document with the local backend (16 bucket entries,
+the signature and the id at the defaults), i.e. about 3 GB per million documents; with Redis it moves
+to the Redis server (~11 KB per document); the process keeps a byte per document and an entry per
+duplicate cluster.
 
 The persistent index (generations published by finished runs, `incremental`) is in `tasks.dedup.index`;
 the sketching functions are in `tasks.dedup.minhash`.
@@ -32,7 +32,6 @@ the sketching functions are in `tasks.dedup.minhash`.
 from __future__ import annotations
 
 import gc
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -48,6 +47,7 @@ from tasks.core.config import StageConfig, stable_hash
 from tasks.core.docs import iter_batches
 from tasks.core.errors import UserError
 from tasks.core.mapstage import UnitWriter
+from tasks.core.result import Account
 from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
 from tasks.core.store import Store
 from tasks.core.units import UnitResult, WorkUnit, merge_results
@@ -58,15 +58,14 @@ from tasks.dedup.index import (
     LocalIndex,
     PendingGeneration,
     RedisIndex,
+    check_redis,
     clear_index,
     committed_generations,
     index_id,
     load_local_generation,
     local_index_dir,
-    open_redis,
     publish_generation,
     redis_base,
-    redis_connection_kwargs,
     shingle_source,
     signature_matrix,
     sketch_schema,
@@ -76,19 +75,17 @@ from tasks.dedup.index import (
 )
 from tasks.dedup.minhash import (
     Sketcher,
-    band_keys,
+    band_hashes,
     estimated_jaccard,
     exact_jaccard,
+    gather_ranges,
     lsh_params,
-    normalize_words,
     shared_bands,
-    shingle_set,
 )
 
-__all__ = [  # the stage, and what code using it imports from here (the rest lives in the modules above)
-    "DedupConfig", "run_dedup", "STAGE", "sketch_unit", "decide_unit", "keep_unit",
-    "KeptBatch", "LocalIndex", "RedisIndex", "Sketcher", "band_keys", "lsh_params",
-    "normalize_words", "shingle_set", "clear_index", "committed_generations", "redis_connection_kwargs",
+__all__ = [  # the stage; `clear_index` and `committed_generations` for code managing the persistent index
+    "DedupConfig", "STAGE", "clear_index", "committed_generations", "decide_unit", "keep_unit",
+    "run_dedup", "sketch_unit",
 ]
 
 # --- config ---------------------------------------------------------------------------------------------
@@ -219,7 +216,7 @@ class Block:
     sh_count: np.ndarray  # (K,)
     source: np.ndarray  # the unit's flat shingle array
     source_id: int  # its number among the index's sources (local backend)
-    bands: list[list[bytes]]
+    band_hashes: np.ndarray  # (K, bands) uint64
 
     def shingles(self, i: int) -> np.ndarray:
         return self.source[self.sh_start[i]:self.sh_start[i] + self.sh_count[i]]
@@ -227,11 +224,11 @@ class Block:
     def kept(self, docs: list[int], with_shingles: bool) -> KeptBatch:
         locations = np.stack([np.full(len(docs), self.source_id), self.sh_start[docs], self.sh_count[docs]],
                              axis=1)
+        shingles = (gather_ranges(self.source, self.sh_start[docs], self.sh_count[docs]) if with_shingles
+                    else np.zeros(0, np.uint32))
         return KeptBatch(ids=[self.ids[d] for d in docs], exact=[self.exact[d] for d in docs],
                          n_words=self.n_words[docs], signatures=self.signatures[docs],
-                         bands=[self.bands[d] for d in docs],
-                         shingles=[self.shingles(d) for d in docs] if with_shingles else [],
-                         locations=locations)
+                         band_hashes=self.band_hashes[docs], shingles=shingles, locations=locations)
 
 
 @dataclass
@@ -272,7 +269,8 @@ def _index_matches(block: Block, index: Any, verifier: Verifier) -> tuple[list[A
     The lookups for the whole block are batched (a few pipelined round trips on Redis).
     """
     exact_hits = index.find_exact(block.exact)
-    candidates = [sorted(c, key=index.rank) for c in index.candidates(block.bands)]
+    candidates = [sorted(c, key=index.rank) if c else []
+                  for c in index.candidates(block.signatures, block.band_hashes)]
     keys = sorted({k for c in candidates for k in c}, key=index.rank)
     position = {k: i for i, k in enumerate(keys)}
     rows = index.signature_rows(keys)
@@ -395,18 +393,16 @@ def _iter_blocks(store: Store, unit_ids: list[str], out_uri: str, cfg: DedupConf
                                  n_words=batch.column("n_words").to_numpy(), signatures=sigs,
                                  sh_start=batch.column("sh_start").to_numpy(),
                                  sh_count=batch.column("sh_count").to_numpy(), source=source,
-                                 source_id=source_id, bands=band_keys(sigs, bands, rows))
+                                 source_id=source_id, band_hashes=band_hashes(sigs, bands, rows))
 
 
 def _open_index(cfg: DedupConfig, unit: WorkUnit, store: Store) -> Any:
     """What this run decides against: earlier committed generations (incremental) plus its own documents."""
     extra = unit.extra
     if cfg.backend == "redis":
-        open_redis(cfg)
         index = RedisIndex(cfg, extra["redis_base"].encode(), extra["gen"], set(extra["visible"]))
         index.remove_generation(extra["gen"])  # left by a killed earlier attempt of this very run
-        index.redis.hset(index.name("gens"), extra["gen"], json.dumps(
-            {"gen": extra["gen"], "state": "pending", "inputs": extra["input_tag"]}))
+        index.mark_pending(extra["input_tag"])
         return index
     index = LocalIndex(cfg.num_perm, *lsh_params(cfg))
     for gen in extra["visible"]:
@@ -436,7 +432,7 @@ def _decide(unit: WorkUnit) -> UnitResult:
     codes: dict[str, list[np.ndarray]] = {u: [] for u in unit.extra["units"]}
     try:
         for unit_id, block in _iter_blocks(store, unit.extra["units"], unit.out_uri, cfg, index):
-            groups = shared_bands(block.signatures, bands, rows)
+            groups = shared_bands(block.band_hashes)
             decisions, kept = _decide_block(block, index, verifier, groups)
             batch = block.kept(kept, verifier.exact)
             keys = index.add(batch)
@@ -448,6 +444,8 @@ def _decide(unit: WorkUnit) -> UnitResult:
     except BaseException:
         outputs.abort()
         raise
+    finally:
+        index.close()
     outputs.close()
     for unit_id, parts in codes.items():
         with store.open(_decisions_uri(unit.out_uri, unit_id), "wb") as f:
@@ -497,15 +495,12 @@ def keep_unit(unit: WorkUnit) -> UnitResult:
         part = codes[pos:pos + batch.num_rows]
         pos += batch.num_rows
         writer.docs.write_batch(batch.filter(pa.array(part == KEEP)))
-        for code, n in zip(*np.unique(part, return_counts=True)):
-            for _ in range(int(n)):
-                if code == KEEP:
-                    writer.account.keep(1)
-                else:
-                    writer.drop(REASONS[int(code)])
     if pos != len(codes):
         raise UserError(f"dedup: input shard {unit.inputs[0]} has {pos} rows but {len(codes)} were sketched; "
                         "it changed during the run. Rerun the upstream stage, then dedup.")
+    tally = np.bincount(codes, minlength=len(REASONS) + 1)  # one document per row: kept rows = kept docs
+    writer.account = Account(docs_in=len(codes), docs_out=int(tally[KEEP]), rows_out=int(tally[KEEP]),
+                             dropped={REASONS[c]: int(n) for c, n in enumerate(tally) if c != KEEP and n})
     return writer.finish()
 
 
@@ -516,7 +511,7 @@ def run_dedup(inputs_by_stage: Inputs, out_uri: str, cfg: DedupConfig, ctx: RunC
     """Sketch in parallel, decide in order, write the kept documents in parallel, then publish the index."""
     upstream = list(inputs_by_stage.values())
     if cfg.backend == "redis":
-        open_redis(cfg)
+        check_redis(cfg)
     store, executor, timings = ctx.open_store(), ctx.executor(), {}
     inputs = [uri for result in upstream for uri in result.files("docs")]
     gen, input_tag = out_uri.rstrip("/").rsplit("/", 1)[-1], stable_hash(sorted(r.digest for r in upstream))
@@ -584,7 +579,7 @@ def _stage_output(cfg: DedupConfig, ctx: RunContext, out_uri: str, account: Any,
 def check_backend(cfg: DedupConfig) -> None:
     """With `backend: redis`, Redis must answer before the run starts (a UserError names the URL)."""
     if cfg.backend == "redis":
-        open_redis(cfg).close()
+        check_redis(cfg)
 
 
 STAGE = Stage(name="dedup", config=DedupConfig, run=run_dedup, reads=("clean",), preflight=check_backend,

@@ -1,17 +1,13 @@
-"""Tests for the dedup stage: sketches, exact and near dedup, the persistent index (local and Redis), resume."""
+"""Tests for the dedup stage: config, exact and near dedup, incremental runs (local and Redis), resume."""
 from __future__ import annotations
 
 import random
 import uuid
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from datasketch import MinHash
 from pydantic import ValidationError
 
-from tasks.dedup import minhash
-from tasks.dedup import stage as dedup
 from tasks.core.config import stable_hash
 from tasks.core.docs import SCHEMA, DocWriter, read_all
 from tasks.core.errors import UserError
@@ -19,16 +15,10 @@ from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, RunnerConfig, register_executor, run_stage
 from tasks.core.store import Store
 from tasks.core.units import PoolExecutor
-from tasks.dedup.stage import (
-    DedupConfig,
-    LocalIndex,
-    Sketcher,
-    band_keys,
-    lsh_params,
-    normalize_words,
-    STAGE,
-    shingle_set,
-)
+from tasks.dedup import stage as dedup
+from tasks.dedup.index import committed_generations, redis_connection_kwargs
+from tasks.dedup.minhash import lsh_params, normalize_words, shingle_set
+from tasks.dedup.stage import STAGE, DedupConfig
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -134,68 +124,7 @@ EXPECTED_PAIRS = {"near2": ("b2", "near_duplicate"), "b4copy": ("b4", "exact_dup
 EXPECTED_DROPS = {"exact_duplicate": 3, "near_duplicate": 2, "empty": 1}
 
 
-# --- sketches --------------------------------------------------------------------------------------------------
-
-
-def test_vectorized_words_follow_the_readable_definition():
-    rng = np.random.default_rng(3)
-    alphabet = list("abcXYZ019 _-.,;:!?'\"\n\t") + ["é", "ß", "Ω", "東", "—", "“", "”", "…", "«", "\u00a0",
-                                                      "\u3001", "ﬁ", "²", "İ", "\U0001F600"]
-    texts = ["".join(rng.choice(alphabet, size=rng.integers(0, 80))) for _ in range(300)]
-    texts += ["Hello, World!", "", "   ", "naïve café—“quoted”… done"]
-    hashes, counts = minhash._batch_words(texts)
-    assert counts.tolist() == [len(normalize_words(t)) for t in texts]
-    # equal words get equal hashes, different words different ones, wherever they occur in the batch
-    words = [w for t in texts for w in normalize_words(t)]
-    by_word = {}
-    for w, h in zip(words, hashes.tolist()):
-        assert by_word.setdefault(w, h) == h
-    assert len(set(by_word.values())) == len(by_word)
-
-
-def test_large_documents_are_tokenized_in_windows(monkeypatch):
-    rng = random.Random(1)
-    text = " ".join(rng.choice(VOCAB) for _ in range(3000))
-    whole, counts = minhash._batch_words([text, "tail words here"])
-    monkeypatch.setattr(minhash, "_WINDOW", 1000)  # forces ~20 windows, cut at separators
-    windowed, windowed_counts = minhash._batch_words([text, "tail words here"])
-    assert np.array_equal(whole, windowed) and counts.tolist() == windowed_counts.tolist() == [3000, 3]
-
-
-def test_signatures_equal_datasketch_minhash_and_shingle_counts_match():
-    rng = random.Random(2)
-    texts = [make_text(rng, n) for n in (1, 3, 4, 5, 6, 40, 200)] + ["", "same same same same same same"]
-    cfg = DedupConfig(ngram=5, num_perm=64, seed=9)
-    sk = Sketcher(cfg).sketch(texts)
-    offsets = np.concatenate([[0], np.cumsum(sk.shingle_counts)])
-    for i, text in enumerate(texts):
-        assert sk.shingle_counts[i] == len(shingle_set(text, 5))
-        reference = MinHash(num_perm=64, seed=9, hashfunc=lambda h: h)
-        reference.update_batch(sk.shingles[offsets[i]:offsets[i + 1]].tolist())
-        assert np.array_equal(reference.hashvalues, sk.signatures[i])
-
-
-def test_exact_key_ignores_formatting_only():
-    sk = Sketcher(DedupConfig()).sketch(["The cat sat, on the mat.", "the CAT  sat on\r\nthe mat!!", "the cat sat"])
-    assert sk.exact[0] == sk.exact[1] != sk.exact[2]
-
-
-def test_band_keys_are_datasketch_bucket_keys():
-    """Our block-wise inserts and lookups and datasketch's own query/insert see the same index."""
-    rng = random.Random(4)
-    texts = [make_text(rng) for _ in range(30)]
-    cfg = DedupConfig(num_perm=64, bands=8, rows=8)
-    sk = Sketcher(cfg).sketch(texts)
-    keys = band_keys(sk.signatures, 8, 8)
-    index = LocalIndex(64, 8, 8)
-    index.add(dedup.KeptBatch(ids=[f"d{i}" for i in range(20)], exact=sk.exact[:20], n_words=sk.n_words[:20],
-                              signatures=sk.signatures[:20], bands=keys[:20], shingles=[],
-                              locations=np.zeros((20, 3), np.int64)))
-    probe = MinHash(num_perm=64, seed=cfg.seed, hashvalues=sk.signatures[3], scheme="affine32")
-    assert 3 in index.lsh.query(probe)
-    index.lsh.insert("theirs", MinHash(num_perm=64, seed=cfg.seed, hashvalues=sk.signatures[25],
-                                       scheme="affine32"))
-    assert "theirs" in index.candidates([keys[25]])[0]
+# --- config ---------------------------------------------------------------------------------------------------
 
 
 def test_lsh_params_auto_and_validation():
@@ -305,7 +234,7 @@ def test_incremental_run_removes_what_was_kept_before(tmp_path, corpus, scope, b
     # without `incremental` earlier runs are ignored: a changed config over old data removes nothing extra
     plain = run_stage(STAGE, cfg.model_copy(update={"report_examples": 3}), {"clean": second}, ctx)
     assert plain.stats["dropped"] == {"exact_duplicate": 1}
-    assert len(dedup.committed_generations(cfg, ctx)) == 4
+    assert len(committed_generations(cfg, ctx)) == 4
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -335,14 +264,14 @@ def test_resume_after_a_kill_mid_stage(tmp_path, corpus, scope, backend, monkeyp
     monkeypatch.setattr(dedup, "keep_unit", die_on_second_shard)
     with pytest.raises(KeyboardInterrupt):  # the rerun redoes the decisions, then dies writing shard 2
         run_stage(STAGE, cfg, {"clean": up}, ctx)
-    assert not dedup.committed_generations(cfg, ctx)  # nothing published by unfinished runs
+    assert not committed_generations(cfg, ctx)  # nothing published by unfinished runs
     monkeypatch.setattr(dedup, "keep_unit", real_keep)
     result = run_stage(STAGE, cfg, {"clean": up}, ctx)
     assert result.stats["units_resumed"] == 4  # two sketch units, decide, the first keep unit
     clean = run_stage(STAGE, cfg.model_copy(update={"incremental": False}), {"clean": up}, context(tmp_path / "clean", scope + "-clean"))
     assert sorted(kept_ids(result)) == sorted(kept_ids(clean))
     assert result.stats["dropped"] == clean.stats["dropped"]
-    assert len(dedup.committed_generations(cfg, ctx)) == 1
+    assert len(committed_generations(cfg, ctx)) == 1
 
 
 def test_empty_shard_and_empty_input(tmp_path, scope):
@@ -361,7 +290,7 @@ def test_signature_verification_and_no_index_update(tmp_path, corpus, scope):
     ctx = context(tmp_path, scope)
     result = run_stage(STAGE, cfg, {"clean": write_upstream(tmp_path / "up", corpus)}, ctx)
     assert result.stats["dropped"] == EXPECTED_DROPS
-    assert dedup.committed_generations(cfg, ctx) == []
+    assert committed_generations(cfg, ctx) == []
 
 
 def test_unreachable_redis_is_a_user_error(tmp_path, corpus, scope):
@@ -369,4 +298,4 @@ def test_unreachable_redis_is_a_user_error(tmp_path, corpus, scope):
     with pytest.raises(UserError, match="not reachable"):
         run_stage(STAGE, cfg, {"clean": write_upstream(tmp_path / "up", corpus)}, context(tmp_path, scope))
     with pytest.raises(UserError, match="redis://"):
-        dedup.redis_connection_kwargs("http://localhost")
+        redis_connection_kwargs("http://localhost")
