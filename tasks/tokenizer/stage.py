@@ -574,6 +574,7 @@ def tokenize_stats(account: Account, packer: Packer, *, tok_info: dict[str, Any]
         "bytes_per_token": round(text_bytes / max(tokens - docs, 1), 4),  # eot tokens excluded
         "tokens_by_split": {s: t["tokens"] for s, t in totals.items()},
         "docs_by_split": {s: t["docs"] for s, t in totals.items()},
+        "bytes_by_split": {s: t["bytes"] for s, t in totals.items()},
         "val_token_fraction": round(totals["val"]["tokens"] / max(tokens, 1), 4),
         "index_tokens_by_split": {s: e["tokens"] for s, e in index["splits"].items()},
         "docs_with_special_token_text": packer.special_text_docs,
@@ -674,7 +675,10 @@ def run_tokenize(upstream: list[StageResult], out_uri: str, cfg: TokenizeConfig,
     doc_uris = [uri for result in upstream for uri in result.files("docs")]
     previous = load_previous(cfg.append_to, tokens_dir) if cfg.append_to else None
 
+    start = time.perf_counter()
     val_threshold, threshold_origin = resolve_val_threshold(store, doc_uris, cfg, previous)
+    split_info = {"val_threshold": val_threshold, "val_threshold_origin": threshold_origin,
+                  "split_seconds": round(time.perf_counter() - start, 3)}
     tok, tok_info = obtain_tokenizer(store, doc_uris, cfg, previous, out_dir / "tokenizer.json", val_threshold)
     source = tok_info.get("tokenizer_source", "the trained tokenizer")
     sha = file_sha256(out_dir / "tokenizer.json")
@@ -698,7 +702,6 @@ def run_tokenize(upstream: list[StageResult], out_uri: str, cfg: TokenizeConfig,
              "appended_to": os.path.relpath(previous.index_path, tokens_dir) if previous else None}
     index = write_index(tokens_dir / "index.json", dtype=dtype, vocab_size=vocab_size, eot_id=eot_id,
                         tokenizer_sha256=sha, splits=splits, extra=extra)
-    split_info = {"val_threshold": val_threshold, "val_threshold_origin": threshold_origin}
     stats = tokenize_stats(account, packer, tok_info={**tok_info, **split_info}, index=index,
                            pack_seconds=pack_seconds)
     new_files = [f"tokens/{e['file']}" for s in SPLITS for e in packer.shards[s]]
