@@ -2,21 +2,27 @@
 
 Run it as a module from the repository root, never by its path:
 
-    python -m bench.tokenizer                # first ~60 MB of ../shared/data/books, 2 threads
-    python -m bench.tokenizer --full         # all 331 MB
-    python -m bench.tokenizer --max-mb 20 --repeat 2
+    python -m bench.tokenizer                # first ~60 MB of the shared books, 2 threads, 3 rounds
+    python -m bench.tokenizer --full         # all of them
+    python -m bench.tokenizer --max-mb 20 --repeat 2 --whole-docs
 
 (`python bench/tokenizer.py` would put bench/ first on sys.path, where this file shadows the standard
 library's `tokenize` module and breaks unrelated imports.)
 
-What it measures, all in one run on the same texts:
+Measured in one process, on the same documents, with the same number of encode threads:
   * training: `train_tokenizer` streaming the Parquet shards (the stage's code path), and, for scale,
-    `Tokenizer.train_from_iterator` on the whole documents held in memory;
-  * ceiling: `Tokenizer.encode_batch` on the whole documents in memory (the target's baseline), and
-    `encode_batch_fast` on the same ~8 KB pieces the stage encodes (isolates the stage's own overhead);
-  * packing: `pack_documents` end to end, Parquet shards in -> token shards and counts out.
-The books are first converted to Parquet document shards in a temporary directory (not timed).
-Rounds alternate the measurements; best and median of the rounds are printed with their ratios.
+    `train_from_iterator` on the whole documents held in memory (skip with --skip-train-baseline);
+  * baseline: `Tokenizer.encode_batch_fast` (ids only, no offsets) on the very ~8 KB pieces the stage cuts
+    the documents into, held in memory, in calls of the stage's batch size; only the encode calls are
+    timed (no id conversion, no output): the ceiling a packing loop built on `tokenizers` can reach;
+  * a plain packing loop over those in-memory pieces: encode_batch_fast, ids to a uint16/uint32 array,
+    write one file (what a user would write without our stage);
+  * packing: the stage end to end: its split calibration pass, then `pack_documents` from Parquet
+    document shards to token shards (read, cut, encode, convert, write);
+  * with --whole-docs, `encode_batch` on the whole documents (what the stage avoids by cutting them).
+The books are converted to Parquet document shards in a temporary directory first (not timed). Rounds
+alternate the measurements; best and median wall times and the CPU seconds of all threads are printed,
+with ratios. Wall-clock ratios suffer from other load on the machine; the CPU-time ratio does less.
 """
 from __future__ import annotations
 
@@ -31,12 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def default_books_dir() -> Path:
-    root = os.environ.get("LLMPIPE_DATA") or REPO / ".." / "shared" / "data"
-    return Path(root).resolve() / "books"
+from bench.common import shared_data
 
 
 def cpu_seconds() -> float:
@@ -75,39 +76,56 @@ def timed(fn, *args, **kwargs):
     return result, time.perf_counter() - wall, cpu_seconds() - cpu
 
 
-def encode_in_groups(encode, texts: list[str], group_bytes: int = 64 << 20) -> tuple[int, float, float]:
-    """Encode `texts` in calls of about group_bytes (bounds the memory of the Encoding objects).
-
-    Returns (tokens, wall seconds, CPU seconds) where the times cover the encode calls alone: counting
-    the ids afterwards is Python work the ceiling must not be charged for.
-    """
-    tokens, wall, cpu = 0, 0.0, 0.0
+def in_groups(texts: list[str], group_chars: int) -> list[list[str]]:
+    """Consecutive texts in lists of about `group_chars` characters (the stage's batch size)."""
     groups, group, size = [], [], 0
     for text in texts:
         group.append(text)
         size += len(text)
-        if size >= group_bytes:
+        if size >= group_chars:
             groups.append(group)
             group, size = [], 0
-    groups += [group] if group else []
+    return groups + ([group] if group else [])
+
+
+def encode_only(encode, groups: list[list[str]]) -> tuple[int, float, float]:
+    """(tokens, wall, CPU) where the times cover the encode calls alone: counting the ids afterwards and
+    freeing the Encoding objects is work the ceiling is not charged for."""
+    tokens, wall, cpu = 0, 0.0, 0.0
     for group in groups:
         encodings, w, c = timed(encode, group, add_special_tokens=False)
         wall, cpu = wall + w, cpu + c
-        tokens += sum(len(e.ids) for e in encodings)
+        tokens += sum(map(len, encodings))
         del encodings
     return tokens, wall, cpu
 
 
+def plain_packing_loop(tok, groups: list[list[str]], dtype, eot_id: int, path: Path) -> int:
+    """A user's straightforward packer over pieces in memory (every piece taken as a whole document)."""
+    import numpy as np
+
+    tokens = 0
+    with open(path, "wb") as out:
+        for group in groups:
+            for encoding in tok.encode_batch_fast(group, add_special_tokens=False):
+                ids = np.array(encoding.ids + [eot_id], dtype=dtype)
+                ids.tofile(out)
+                tokens += ids.size
+    return tokens
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=default_books_dir(), help="books directory")
+    parser.add_argument("--data", type=Path, default=None, help="books directory (default: the shared data's)")
     parser.add_argument("--max-mb", type=float, default=60.0, help="MB of text to use (default 60)")
-    parser.add_argument("--full", action="store_true", help="use the whole corpus (331 MB)")
+    parser.add_argument("--full", action="store_true", help="use the whole corpus")
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2, help="tokenizers (rayon) threads")
-    parser.add_argument("--repeat", type=int, default=2, help="rounds of ceiling + packing")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the packing measurements")
     parser.add_argument("--skip-train-baseline", action="store_true",
                         help="skip training on the in-memory documents")
+    parser.add_argument("--whole-docs", action="store_true",
+                        help="also time encode_batch on whole documents (slow: ~2.5x the pieces' time)")
     return parser.parse_args()
 
 
@@ -116,7 +134,8 @@ def measure_training(store, uris, texts: list[str], cfg, mb: float, baseline: bo
     from tasks.tokenizer.stage import train_tokenizer, training_texts
 
     sample: dict = {}
-    tok, wall, cpu = timed(train_tokenizer, training_texts(store, uris, cfg, sample), cfg)
+    threshold = cfg.val_fraction  # the split rule does not change the training cost
+    tok, wall, cpu = timed(train_tokenizer, training_texts(store, uris, cfg, threshold, sample), cfg)
     used_mb = sample["train_bytes"] / 1e6
     print(f"train (stage, streamed from Parquet): {wall:.2f} s wall, {cpu:.1f} s CPU "
           f"({cpu / wall:.2f} cores), {used_mb / wall:.2f} MB/s on {used_mb:.1f} MB (train split), "
@@ -128,29 +147,56 @@ def measure_training(store, uris, texts: list[str], cfg, mb: float, baseline: bo
     return tok
 
 
-def measure_rounds(store, uris, texts: list[str], tok, cfg, out: Path, repeat: int):
-    """Alternate the two in-memory ceilings and the stage's packing, `repeat` times."""
+def stage_packing(store, uris, tok, out: Path, cfg, dtype, eot_id: int):
+    """What run_tokenize does after the tokenizer exists: calibrate the split, then pack."""
     from tasks.core.result import Account
-    from tasks.core.token_shards import dtype_for_vocab
-    from tasks.tokenizer.stage import cut_text, pack_documents, special_token_ids, vocab_size_of
+    from tasks.tokenizer.stage import calibrate_val_threshold, document_hashes_and_sizes, pack_documents
 
+    threshold = calibrate_val_threshold(*document_hashes_and_sizes(store, uris), cfg.val_fraction)
+    return pack_documents(store, uris, tok, out, cfg, dtype=dtype, eot_id=eot_id, val_threshold=threshold,
+                          account=Account())
+
+
+def measure_rounds(store, uris, texts: list[str], tok, cfg, out: Path, repeat: int, whole_docs: bool):
+    """Alternate the baseline, the plain loop and the stage's packing `repeat` times (order rotates)."""
+    from tasks.core.token_shards import dtype_for_vocab
+    from tasks.tokenizer.stage import cut_text, special_token_ids, vocab_size_of
+
+    tok.encode_special_tokens = True  # as the stage encodes: every measurement gets the same ids
     eot_id, _ = special_token_ids(tok, cfg, "bench tokenizer")
     dtype = dtype_for_vocab(vocab_size_of(tok), "auto")
-    pieces = [p for t in texts for p in cut_text(t)]
-    runs: dict[str, list[tuple[float, float]]] = {"ceiling_whole": [], "ceiling_pieces": [], "pack": []}
+    piece_groups = in_groups([p for t in texts for p in cut_text(t)], cfg.batch_bytes)
     counts: dict[str, int] = {}
-    for round_no in range(repeat):
-        counts["whole"], wall, cpu = encode_in_groups(tok.encode_batch, texts)
-        runs["ceiling_whole"].append((wall, cpu))
-        counts["pieces"], wall, cpu = encode_in_groups(tok.encode_batch_fast, pieces)
-        runs["ceiling_pieces"].append((wall, cpu))
+
+    def baseline():
+        counts["pieces"], wall, cpu = encode_only(tok.encode_batch_fast, piece_groups)
+        return wall, cpu
+
+    def plain():
+        out.mkdir(parents=True, exist_ok=True)
+        counts["plain"], wall, cpu = timed(plain_packing_loop, tok, piece_groups, dtype, eot_id, out / "p.bin")
+        return wall, cpu
+
+    def pack():
         shutil.rmtree(out, ignore_errors=True)
-        packer, wall, cpu = timed(pack_documents, store, uris, tok, out, cfg, dtype=dtype, eot_id=eot_id,
-                                  account=Account())
-        runs["pack"].append((wall, cpu))
+        packer, wall, cpu = timed(stage_packing, store, uris, tok, out, cfg, dtype, eot_id)
         counts["packed"] = sum(t["tokens"] for t in packer.totals.values())
+        return wall, cpu
+
+    def whole():
+        counts["whole"], wall, cpu = encode_only(tok.encode_batch, in_groups(texts, 64 << 20))
+        return wall, cpu
+
+    steps = {"baseline": baseline, "plain": plain, "pack": pack, **({"whole": whole} if whole_docs else {})}
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in steps}
+    names = list(steps)
+    for round_no in range(repeat):
+        order = names[round_no % len(names):] + names[:round_no % len(names)]
+        for name in order:
+            runs[name].append(steps[name]())
         print(f"round {round_no + 1}: " + ", ".join(f"{k} {v[-1][0]:.1f} s wall / {v[-1][1]:.1f} s CPU"
                                                     for k, v in runs.items()), flush=True)
+        shutil.rmtree(out, ignore_errors=True)
     return runs, counts
 
 
@@ -161,44 +207,48 @@ def main() -> None:
     from tasks.core.docs import iter_docs
     from tasks.tokenizer.stage import TokenizeConfig
 
+    books = args.data or shared_data() / "books"
     work = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
     try:
         max_bytes = None if args.full else int(args.max_mb * 1e6)
-        store, uris, text_bytes, docs = convert_books(args.data, work / "docs", max_bytes)
+        store, uris, text_bytes, docs = convert_books(books, work / "docs", max_bytes)
         mb = text_bytes / 1e6
         print(f"corpus: {docs} books, {mb:.1f} MB of text, {len(uris)} Parquet shards; "
               f"{args.threads} threads on {os.cpu_count()} cores", flush=True)
         texts = [d["text"] for d in iter_docs(store, uris, batch_rows=64)
                  if d["text"] and not d["text"].isspace()]
-        cfg = TokenizeConfig(vocab_size=args.vocab_size)
+        cfg = TokenizeConfig(vocab_size=args.vocab_size, val_fraction=0.05)
         tok = measure_training(store, uris, texts, cfg, mb, baseline=not args.skip_train_baseline)
-        runs, counts = measure_rounds(store, uris, texts, tok, cfg, work / "tokens", args.repeat)
+        runs, counts = measure_rounds(store, uris, texts, tok, cfg, work / "tokens", args.repeat,
+                                      args.whole_docs)
         report(runs, mb, counts, len(texts))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+LABELS = {"baseline": "encode_batch_fast, same pieces, encode calls only",
+          "plain": "plain loop: encode_batch_fast + ids -> .bin",
+          "pack": "stage: calibrate split + pack, Parquet -> shards",
+          "whole": "encode_batch, whole documents, encode calls only"}
+
+
 def report(runs: dict[str, list[tuple[float, float]]], mb: float, counts: dict[str, int], docs: int) -> None:
-    labels = {"ceiling_whole": "encode_batch, whole docs in memory (ceiling)",
-              "ceiling_pieces": "encode_batch_fast, same 8 KB pieces in memory",
-              "pack": "stage packing, Parquet -> token shards"}
     best = {k: mb / min(w for w, _ in v) for k, v in runs.items()}
     median = {k: mb / statistics.median(w for w, _ in v) for k, v in runs.items()}
-    print(f"\n{'':48s} {'best MB/s':>10s} {'median MB/s':>12s} {'CPU s (best)':>13s}")
-    for key, label in labels.items():
-        cpu = min(runs[key], key=lambda r: r[0])[1]
-        print(f"{label:48s} {best[key]:10.2f} {median[key]:12.2f} {cpu:13.1f}")
-    print(f"\npacking / encode_batch ceiling: {best['pack'] / best['ceiling_whole']:.2f}x best-to-best, "
-          f"{median['pack'] / median['ceiling_whole']:.2f}x median (target >= 0.8x)")
-    print(f"packing / same-pieces encode: {best['pack'] / best['ceiling_pieces']:.2f}x best-to-best, "
-          f"{median['pack'] / median['ceiling_pieces']:.2f}x median (the stage's own I/O and bookkeeping)")
     cpu = {k: min(c for _, c in v) for k, v in runs.items()}
-    print(f"by CPU time (less sensitive to other load on the machine): packing / encode_batch ceiling "
-          f"{cpu['ceiling_whole'] / cpu['pack']:.2f}x, packing / same-pieces encode "
-          f"{cpu['ceiling_pieces'] / cpu['pack']:.2f}x")
-    same = counts["whole"] + docs == counts["packed"] and counts["pieces"] == counts["whole"]
-    print(f"check: whole-doc tokens {counts['whole']} + {docs} eot == packed {counts['packed']}, "
-          f"pieces {counts['pieces']}: {'OK' if same else 'MISMATCH'}")
+    print(f"\n{'':52s} {'best MB/s':>10s} {'median MB/s':>12s} {'CPU s (min)':>12s}")
+    for key in runs:
+        print(f"{LABELS[key]:52s} {best[key]:10.2f} {median[key]:12.2f} {cpu[key]:12.1f}")
+    for key, what in (("baseline", "encode_batch_fast on the same pieces"), ("plain", "the plain loop"),
+                      ("whole", "encode_batch on whole documents")):
+        if key in runs:
+            print(f"packing / {what}: {best['pack'] / best[key]:.2f}x best-to-best, "
+                  f"{median['pack'] / median[key]:.2f}x median, {cpu[key] / cpu['pack']:.2f}x by CPU time")
+    pieces_ok = counts["pieces"] + docs == counts["packed"]
+    print(f"check: same-piece tokens {counts['pieces']} + {docs} eot == packed {counts['packed']}: "
+          f"{'OK' if pieces_ok else 'MISMATCH'}"
+          + (f"; whole-document tokens {counts['whole']}: "
+             f"{'OK' if counts['whole'] == counts['pieces'] else 'MISMATCH'}" if "whole" in counts else ""))
 
 
 if __name__ == "__main__":

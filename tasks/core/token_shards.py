@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -43,10 +44,9 @@ class ShardWriter:
     """
 
     def __init__(self, out_dir: str | os.PathLike, split: str, dtype: np.dtype, max_tokens: int = 1 << 28,
-                 first_index: int = 0, prefix: str = ""):
+                 first_index: int = 0):
         self.out_dir, self.split, self.dtype = Path(out_dir), split, np.dtype(dtype)
         self.max_tokens = max_tokens
-        self.prefix = prefix
         self.next_index = first_index
         self.shards: list[dict[str, Any]] = []
         self._fh = None
@@ -71,9 +71,9 @@ class ShardWriter:
             self._close_shard()
 
     def _open(self) -> None:
-        self._name = f"{self.prefix}{self.split}-{self.next_index:05d}.bin"
+        self._name = f"{self.split}-{self.next_index:05d}.bin"
         self._tmp = self.out_dir / f".{self._name}.tmp-{uuid.uuid4().hex[:8]}"
-        self._fh = open(self._tmp, "wb")
+        self._fh = open(self._tmp, "wb")  # noqa: SIM115 - stays open across append() calls
         self._tokens = self._docs = 0
 
     def _close_shard(self) -> None:
@@ -115,11 +115,36 @@ def write_index(path: str | os.PathLike, *, dtype: np.dtype, vocab_size: int, eo
 
 
 def read_index(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse and check an index.json; anything unreadable is a ValueError naming the file and the fault."""
     path = Path(path)
-    index = json.loads(path.read_text())
-    if index.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a token index of format {FORMAT} (found {index.get('format')!r})")
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); the run that wrote it did not finish: run the "
+                         "tokenize stage again") from exc
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        found = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise ValueError(f"{path} is not a token index of format {FORMAT} (found {found!r})")
+    missing = [k for k in ("dtype", "vocab_size", "eot_id", "splits") if k not in index]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}; run the tokenize stage again")
+    if index["dtype"] not in ("uint16", "uint32"):
+        raise ValueError(f"{path}: dtype {index['dtype']!r} is not uint16 or uint32")
     return index
+
+
+def _map_shard(index_path: Path, entry: dict[str, Any], dtype: np.dtype) -> np.memmap:
+    """Memory-map one shard, checking that its size is the token count the index gives it."""
+    path = index_path.parent / entry["file"]
+    if not path.is_file():
+        raise ValueError(f"{index_path} lists {path}, which is missing; copy the whole token directory "
+                         "(and the directories its paths point into) or run the tokenize stage again")
+    expected = entry["tokens"] * dtype.itemsize
+    if path.stat().st_size != expected:
+        raise ValueError(f"{path} holds {path.stat().st_size} bytes, but {index_path} says {entry['tokens']} "
+                         f"{dtype.name} tokens ({expected} bytes): the shard or the index is from another "
+                         "run or was cut short; run the tokenize stage again")
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 class TokenSplit:
@@ -134,7 +159,7 @@ class TokenSplit:
         self.vocab_size = self.index["vocab_size"]
         self.eot_id = self.index["eot_id"]
         entries = self.index["splits"][split]["shards"]
-        self.arrays = [np.memmap(index_path.parent / e["file"], dtype=self.dtype, mode="r") for e in entries]
+        self.arrays = [_map_shard(index_path, e, self.dtype) for e in entries]
         sizes = [a.size for a in self.arrays]
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.total = int(self.starts[-1])

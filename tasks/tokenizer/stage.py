@@ -8,9 +8,11 @@ Outputs under the stage directory:
     tokens/index.json       shard list, token counts, dtype, vocab size, tokenizer hash (tasks.core.token_shards)
     tokens/<split>-NNNNN.bin  packed ids, one end-of-text token after each document
 
-Splits: a document goes to 'val' or 'train' by a hash of its meta "parent" (set on the pieces clean and
-collect cut from one document) or, without one, of its id: every piece of a book shares one split, and
-a document keeps its split when the corpus grows (see `split_key`).
+Splits: a document goes to 'val' when a hash of its split key (meta "parent", set on the pieces clean and
+collect cut from one document, else its id) is below a threshold, so every piece of a book shares one
+split. The threshold is calibrated on sizes so that 'val' holds about `val_fraction` of the text, and is
+kept in the index: append mode reuses it, and `val_threshold` pins it for a full re-run, so a document
+keeps its split as the corpus grows (see `calibrate_val_threshold`).
 
 Speed: encoding runs on the Rust thread pool of `tokenizers` (all cores, GIL released); this process
 only reads Parquet, cuts long documents into pieces, converts ids and writes, overlapped with the
@@ -29,6 +31,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,9 +79,14 @@ class TokenizeConfig(StageConfig):
                                                     "input with that run's tokenizer and list both")
     val_fraction: float = Field(
         0.01, ge=0.0, lt=1.0,
-        description="share of documents in 'val', chosen by a hash of each document's split key: meta "
-                    "'parent' when set (the pieces clean and collect cut from one document all land in "
-                    "its split), else its id; a document keeps its split when the corpus grows")
+        description="share of the text in 'val': whole source documents (meta 'parent' when set, else the "
+                    "id) taken in hash order until about this share of bytes; the threshold found is kept "
+                    "in the index as val_threshold")
+    val_threshold: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="pin the split instead of calibrating it: a document is in 'val' when its key's hash "
+                    "(in [0, 1)) is below this. Copy val_threshold from an earlier index so a full re-run "
+                    "of a grown corpus keeps every earlier document in its split (append mode reuses it)")
     dtype: Literal["auto", "uint16", "uint32"] = "auto"
     shard_tokens: int = Field(1 << 27, ge=1, description="a shard closes after the document reaching this")
     batch_docs: int = Field(1024, ge=1, description="most documents per encode batch")
@@ -261,10 +269,49 @@ def split_key(doc_id: str, meta: str | None) -> str:
     return str(parent) if parent not in (None, "") else doc_id
 
 
-def split_of(key: str, val_fraction: float) -> str:
-    """'val' or 'train' from a hash of the split key (see `split_key`) alone, so a document keeps its
-    split when the corpus grows and every piece of one parent document lands in the same split."""
-    return "val" if _unit_hash(key, SPLIT_SEED) < val_fraction else "train"
+def split_hash(key: str) -> float:
+    """Where a split key falls in [0, 1): the order in which documents are drawn for 'val'."""
+    return _unit_hash(key, SPLIT_SEED)
+
+
+def split_of(key: str, val_threshold: float) -> str:
+    """'val' or 'train' from the hash of the split key (see `split_key`) and the threshold alone, so
+    every piece of one parent document lands in the same split, and a document keeps its split as long
+    as the threshold is kept (append mode, or a pinned `val_threshold`)."""
+    return "val" if split_hash(key) < val_threshold else "train"
+
+
+def calibrate_val_threshold(hashes: np.ndarray, sizes: np.ndarray, val_fraction: float) -> float:
+    """The hash threshold that puts about `val_fraction` of `sizes` in 'val'.
+
+    Documents sharing a key share a hash, so they are summed as one. Keys are taken in hash order,
+    lowest first, and the count whose total is nearest to the target wins, at least one key when there
+    are two or more: a split by key count alone lets a few large documents decide the share of text.
+    The threshold is the hash of the first key left in 'train'; a new document then goes to 'val' with
+    probability about equal to the threshold, whatever its size.
+    """
+    if val_fraction <= 0 or hashes.size == 0:
+        return float(val_fraction)
+    keys, inverse = np.unique(hashes, return_inverse=True)  # (keys,) sorted hashes
+    cumulative = np.cumsum(np.bincount(inverse, weights=sizes))  # (keys,) text of the lowest k+1 keys
+    target = val_fraction * cumulative[-1]
+    above = int(np.searchsorted(cumulative, target))  # taking above+1 keys reaches the target
+    take = above if above > 0 and target - cumulative[above - 1] <= cumulative[above] - target else above + 1
+    take = max(1, min(take, keys.size - 1)) if keys.size > 1 else 0
+    return float(keys[take]) if take < keys.size else 1.0
+
+
+def document_hashes_and_sizes(store: Store, uris: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(split hash, UTF-8 bytes of text) of every document: one pass over ids, metas and text lengths."""
+    hashes, sizes = [], []
+    for rows in iter_batches(store, uris, batch_rows=16 * READ_ROWS, columns=["id", "text", "meta"]):
+        sizes.append(pc.binary_length(rows.column("text")).fill_null(0).to_numpy(zero_copy_only=False))
+        hashes.append(np.fromiter((split_hash(split_key(doc_id or "", meta)) for doc_id, meta in
+                                   zip(rows.column("id").to_pylist(), rows.column("meta").to_pylist())),
+                                  np.float64, count=rows.num_rows))
+    if not hashes:
+        return np.empty(0), np.empty(0)
+    return np.concatenate(hashes), np.concatenate(sizes).astype(np.float64)
 
 
 def text_bytes_estimate(store: Store, uris: list[str]) -> int:
@@ -280,7 +327,7 @@ def text_bytes_estimate(store: Store, uris: list[str]) -> int:
     return total
 
 
-def training_texts(store: Store, uris: list[str], cfg: TokenizeConfig,
+def training_texts(store: Store, uris: list[str], cfg: TokenizeConfig, val_threshold: float,
                    sample: dict[str, Any]) -> Iterator[str]:
     """Train-split documents, cut into pieces; above `max_train_bytes`, a sample chosen by id hash
     spread over the whole corpus (sampled per document id, so a long book contributes some of its
@@ -292,7 +339,7 @@ def training_texts(store: Store, uris: list[str], cfg: TokenizeConfig,
     sample.update(train_docs=0, train_bytes=0, train_sample_fraction=keep)
     for batch in read_doc_batches(store, uris, cfg.batch_docs, cfg.batch_bytes):
         for doc_id, key, text, n in zip(batch.ids, batch.keys, batch.texts, batch.nbytes):
-            if split_of(key, cfg.val_fraction) != "train" or _unit_hash(doc_id, SAMPLE_SEED) >= keep:
+            if split_of(key, val_threshold) != "train" or _unit_hash(doc_id, SAMPLE_SEED) >= keep:
                 continue
             if cfg.max_train_bytes and sample["train_bytes"] >= cfg.max_train_bytes:
                 return
@@ -327,10 +374,10 @@ def append_documents(writer: ShardWriter, tokens: np.ndarray, doc_tokens: np.nda
 class Packer:
     """Encodes document batches on the tokenizers thread pool and appends them to per-split shards."""
 
-    def __init__(self, tok: Tokenizer, tokens_dir: Path, *, dtype: np.dtype, eot_id: int, val_fraction: float,
+    def __init__(self, tok: Tokenizer, tokens_dir: Path, *, dtype: np.dtype, eot_id: int, val_threshold: float,
                  shard_tokens: int, special_tokens: list[str], first_index: dict[str, int] | None = None):
         tok.encode_special_tokens = True  # a document's literal "<|endoftext|>" is text, not a boundary
-        self.tok, self.dtype, self.eot_id, self.val_fraction = tok, np.dtype(dtype), eot_id, val_fraction
+        self.tok, self.dtype, self.eot_id, self.val_threshold = tok, np.dtype(dtype), eot_id, val_threshold
         self.special_tokens = special_tokens
         self.cut = cuts_between_words(tok)
         self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)  # ids only, no offsets
@@ -362,24 +409,27 @@ class Packer:
             pieces.extend(parts)
             piece_counts.append(len(parts))
         encodings = self._encode_batch(pieces, add_special_tokens=False)
-        arrays: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-        lengths: dict[str, list[int]] = {s: [] for s in SPLITS}
-        nbytes = dict.fromkeys(SPLITS, 0)
-        eot = np.array([self.eot_id], dtype=self.dtype)
-        first = 0
-        for key, count, n in zip(batch.keys, piece_counts, batch.nbytes):
-            split = split_of(key, self.val_fraction)
-            doc = [np.array(e.ids, dtype=self.dtype) for e in encodings[first:first + count]]
+        # one pass from the Encoding objects into one array, an eot after each document's pieces
+        eot, ids, first = (self.eot_id,), [], 0
+        for count in piece_counts:
+            ids.extend(e.ids for e in encodings[first:first + count])
+            ids.append(eot)
             first += count
-            arrays[split].extend(doc)
-            arrays[split].append(eot)
-            lengths[split].append(sum(a.size for a in doc) + 1)
-            nbytes[split] += n
+        piece_tokens = np.fromiter(map(len, encodings), np.int64, count=len(encodings))  # (pieces,)
+        doc_starts = np.cumsum(piece_counts) - piece_counts  # (docs,) first piece of each document
+        doc_tokens = np.add.reduceat(piece_tokens, doc_starts) + 1 if pieces else np.empty(0, np.int64)
+        tokens = np.fromiter(chain.from_iterable(ids), self.dtype, count=int(doc_tokens.sum()))  # (total,)
+        del encodings, ids
+        is_val = np.fromiter((split_of(k, self.val_threshold) == "val" for k in batch.keys), bool,
+                             count=len(batch.keys))  # (docs,)
+        token_is_val = np.repeat(is_val, doc_tokens)  # (total,)
+        nbytes = np.asarray(batch.nbytes, dtype=np.int64)
         special = sum(any(t in text for t in self.special_tokens) for text in batch.texts)
         return EncodedBatch(
-            tokens={s: np.concatenate(arrays[s]) if arrays[s] else np.empty(0, self.dtype) for s in SPLITS},
-            doc_tokens={s: np.asarray(lengths[s], dtype=np.int64) for s in SPLITS},
-            text_bytes=nbytes, special_text_docs=special)
+            tokens={"val": tokens[token_is_val], "train": tokens[~token_is_val]},
+            doc_tokens={"val": doc_tokens[is_val], "train": doc_tokens[~is_val]},
+            text_bytes={"val": int(nbytes[is_val].sum()), "train": int(nbytes[~is_val].sum())},
+            special_text_docs=special)
 
     def _write(self, encoded: EncodedBatch, account: Account) -> None:
         for split in SPLITS:
@@ -401,10 +451,10 @@ class Packer:
 
 
 def pack_documents(store: Store, uris: list[str], tok: Tokenizer, tokens_dir: Path, cfg: TokenizeConfig, *,
-                   dtype: np.dtype, eot_id: int, account: Account,
+                   dtype: np.dtype, eot_id: int, val_threshold: float, account: Account,
                    first_index: dict[str, int] | None = None) -> Packer:
     """Read, encode and write every document of `uris`; returns the closed packer (shards, totals)."""
-    packer = Packer(tok, tokens_dir, dtype=dtype, eot_id=eot_id, val_fraction=cfg.val_fraction,
+    packer = Packer(tok, tokens_dir, dtype=dtype, eot_id=eot_id, val_threshold=val_threshold,
                     shard_tokens=cfg.shard_tokens, special_tokens=cfg.special_tokens, first_index=first_index)
     packer.pack(read_doc_batches(store, uris, cfg.batch_docs, cfg.batch_bytes), account)
     packer.close()
@@ -472,6 +522,28 @@ def check_previous(previous: PreviousTokens, *, sha: str, tokenizer_source: str,
                         "remove append_to to re-tokenize everything with the current rule.")
 
 
+def previous_threshold(previous: PreviousTokens) -> float:
+    """The earlier run's threshold; an index written before calibration split by `hash < val_fraction`."""
+    return float(previous.index.get("val_threshold", previous.index["val_fraction"]))
+
+
+def resolve_val_threshold(store: Store, doc_uris: list[str], cfg: TokenizeConfig,
+                          previous: PreviousTokens | None) -> tuple[float, str]:
+    """(threshold, where it came from): the earlier run's when appending, the pinned one, or calibrated
+    on this input's sizes."""
+    if previous is not None:
+        earlier = previous_threshold(previous)
+        if cfg.val_threshold is not None and cfg.val_threshold != earlier:
+            raise UserError(f"tokenize.val_threshold: {cfg.val_threshold} differs from the {earlier} of "
+                            f"{previous.index_path}, whose documents keep their splits; remove val_threshold "
+                            "when appending (the earlier run's is used).")
+        return earlier, "append_to"
+    if cfg.val_threshold is not None:
+        return cfg.val_threshold, "config"
+    hashes, sizes = document_hashes_and_sizes(store, doc_uris)
+    return calibrate_val_threshold(hashes, sizes, cfg.val_fraction), "calibrated"
+
+
 def choose_dtype(vocab_size: int, cfg: TokenizeConfig, source: str,
                  previous: PreviousTokens | None) -> np.dtype:
     """The configured dtype, checked against the vocabulary and, when appending, the earlier shards."""
@@ -502,6 +574,8 @@ def tokenize_stats(account: Account, packer: Packer, *, tok_info: dict[str, Any]
         "bytes_per_token": round(text_bytes / max(tokens - docs, 1), 4),  # eot tokens excluded
         "tokens_by_split": {s: t["tokens"] for s, t in totals.items()},
         "docs_by_split": {s: t["docs"] for s, t in totals.items()},
+        "bytes_by_split": {s: t["bytes"] for s, t in totals.items()},
+        "val_token_fraction": round(totals["val"]["tokens"] / max(tokens, 1), 4),
         "index_tokens_by_split": {s: e["tokens"] for s, e in index["splits"].items()},
         "docs_with_special_token_text": packer.special_text_docs,
         "vocab_size": index["vocab_size"], "dtype": index["dtype"], "eot_id": index["eot_id"],
@@ -532,7 +606,7 @@ def tokenize_artifacts(result: StageResult) -> list[Artifact]:
 # the stage ---------------------------------------------------------------------------------------------
 
 def obtain_tokenizer(store: Store, doc_uris: list[str], cfg: TokenizeConfig, previous: PreviousTokens | None,
-                     target: Path) -> tuple[Tokenizer, dict[str, Any]]:
+                     target: Path, val_threshold: float) -> tuple[Tokenizer, dict[str, Any]]:
     """Load the configured (or, when appending, the earlier run's) tokenizer, or train one on the input;
     either way publish it as `target`. Never trains when appending."""
     source = cfg.tokenizer_file
@@ -545,7 +619,7 @@ def obtain_tokenizer(store: Store, doc_uris: list[str], cfg: TokenizeConfig, pre
         return tok, {"tokenizer_origin": "file", "tokenizer_source": str(source), "train_seconds": 0.0}
     sample: dict[str, Any] = {}
     start = time.perf_counter()
-    tok = train_tokenizer(training_texts(store, doc_uris, cfg, sample), cfg)
+    tok = train_tokenizer(training_texts(store, doc_uris, cfg, val_threshold, sample), cfg)
     seconds = time.perf_counter() - start
     if sample["train_docs"] == 0:
         raise UserError("tokenize: the input has no non-empty training documents to train a tokenizer on; "
@@ -583,7 +657,11 @@ def run_tokenize(inputs: Inputs, out_uri: str, cfg: TokenizeConfig, ctx: RunCont
     doc_uris = inputs["pii"].files("docs")
     previous = load_previous(cfg.append_to, tokens_dir) if cfg.append_to else None
 
-    tok, tok_info = obtain_tokenizer(store, doc_uris, cfg, previous, out_dir / "tokenizer.json")
+    start = time.perf_counter()
+    val_threshold, threshold_origin = resolve_val_threshold(store, doc_uris, cfg, previous)
+    split_info = {"val_threshold": val_threshold, "val_threshold_origin": threshold_origin,
+                  "split_seconds": round(time.perf_counter() - start, 3)}
+    tok, tok_info = obtain_tokenizer(store, doc_uris, cfg, previous, out_dir / "tokenizer.json", val_threshold)
     source = tok_info.get("tokenizer_source", "the trained tokenizer")
     sha = file_sha256(out_dir / "tokenizer.json")
     eot_id, pad_id = special_token_ids(tok, cfg, source)
@@ -594,18 +672,20 @@ def run_tokenize(inputs: Inputs, out_uri: str, cfg: TokenizeConfig, ctx: RunCont
 
     account, start = Account(), time.perf_counter()
     packer = pack_documents(store, doc_uris, tok, tokens_dir, cfg, dtype=dtype, eot_id=eot_id,
-                            account=account, first_index=previous.next_index if previous else None)
+                            val_threshold=val_threshold, account=account,
+                            first_index=previous.next_index if previous else None)
     pack_seconds = time.perf_counter() - start
     account.check("tokenize")
 
     splits = {s: (previous.shards.get(s, []) if previous else []) + packer.shards[s] for s in SPLITS}
     extra = {"documents": sum(e["docs"] for shards in splits.values() for e in shards), "pad_id": pad_id,
              "eot_token": cfg.eot_token, "pad_token": cfg.pad_token, "val_fraction": cfg.val_fraction,
-             "split_by": SPLIT_BY,
+             "split_by": SPLIT_BY, "val_threshold": val_threshold,
              "appended_to": os.path.relpath(previous.index_path, tokens_dir) if previous else None}
     index = write_index(tokens_dir / "index.json", dtype=dtype, vocab_size=vocab_size, eot_id=eot_id,
                         tokenizer_sha256=sha, splits=splits, extra=extra)
-    stats = tokenize_stats(account, packer, tok_info=tok_info, index=index, pack_seconds=pack_seconds)
+    stats = tokenize_stats(account, packer, tok_info={**tok_info, **split_info}, index=index,
+                           pack_seconds=pack_seconds)
     new_files = [f"tokens/{e['file']}" for s in SPLITS for e in packer.shards[s]]
     outputs = {"tokenizer": "tokenizer.json", "index": "tokens/index.json", "tokens": new_files}
     return StageOutput(outputs=outputs, stats=stats)

@@ -19,6 +19,7 @@ from tasks.core.store import Store
 from tasks.core.token_shards import TokenSplit, TokenWindows, dtype_for_vocab, read_index
 from tasks.tokenizer.stage import (
     TokenizeConfig,
+    calibrate_val_threshold,
     cut_text,
     cuts_between_words,
     new_tokenizer,
@@ -94,6 +95,10 @@ def split_streams(index_path: str | Path) -> dict[str, np.ndarray]:
             for s, e in index["splits"].items()}
 
 
+def threshold_of(result: StageResult) -> float:
+    return read_index(result.files("index")[0])["val_threshold"]
+
+
 def decoded_docs(result: StageResult) -> dict[str, list[str]]:
     """The documents of each split, decoded from the shards (split at the end-of-text ids)."""
     index_path = result.files("index")[0]
@@ -136,7 +141,7 @@ def test_shards_decode_to_the_input_documents_in_order(corpus, packed):
     _, docs, _ = corpus
     expected = {"train": [], "val": []}
     for doc_id, text in docs:
-        expected[split_of(doc_id, 0.2)].append(text)
+        expected[split_of(doc_id, threshold_of(packed))].append(text)
     assert decoded_docs(packed) == expected
     # and the ids are exactly those of encoding each whole document (long ones were encoded in pieces)
     tok = Tokenizer.from_file(packed.files("tokenizer")[0])
@@ -222,11 +227,38 @@ def test_split_is_stable_when_the_corpus_grows(tmp_path, corpus, packed):
     docs = corpus[1]
     more = docs + make_docs(150, seed=2, prefix="new")
     grown = tokenize(tmp_path, write_upstream(tmp_path, "grown", more), val_fraction=0.2, shard_tokens=20_000,
-                     tokenizer_file=packed.files("tokenizer")[0])
+                     tokenizer_file=packed.files("tokenizer")[0], val_threshold=threshold_of(packed))
     before, after = decoded_docs(packed), decoded_docs(grown)
     for split in ("train", "val"):
         assert set(before[split]) <= set(after[split])
-    assert 0.1 < len(after["val"]) / len(more) < 0.3  # val_fraction 0.2, by id hash
+    assert grown.stats["val_threshold_origin"] == "config"
+    assert 0.1 < grown.stats["val_token_fraction"] < 0.3  # the pinned threshold keeps about the fraction
+
+
+def test_val_holds_the_asked_share_of_tokens_when_a_few_documents_dominate(tmp_path, packed):
+    rng = random.Random(21)
+    docs = [(f"small{i}", " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60)))) for i in range(300)]
+    docs += [(f"big{i}", " ".join(rng.choice(WORDS) for _ in range(6000))) for i in range(6)]
+    counted_by_docs = sum(len(t) for i, t in docs if split_of(i, 0.1) == "val") / sum(len(t) for _, t in docs)
+    result = tokenize(tmp_path, write_upstream(tmp_path, "skewed", docs), val_fraction=0.1,
+                      tokenizer_file=packed.files("tokenizer")[0])
+    assert abs(counted_by_docs - 0.1) > 0.05  # drawing documents with probability 0.1 misses by far here
+    assert result.stats["val_threshold_origin"] == "calibrated"
+    assert result.stats["val_token_fraction"] == pytest.approx(0.1, rel=0.3)
+    assert threshold_of(result) == result.stats["val_threshold"] != 0.1
+
+
+def test_calibrated_threshold_takes_whole_keys_in_hash_order():
+    hashes = np.array([0.5, 0.1, 0.1, 0.9, 0.3])  # two documents share key 0.1
+    sizes = np.array([10.0, 30.0, 30.0, 10.0, 20.0])  # key 0.1 holds 60 of 100
+    assert calibrate_val_threshold(hashes, sizes, 0.6) == 0.3  # exactly key 0.1: the next key is the bound
+    assert calibrate_val_threshold(hashes, sizes, 0.65) == 0.3  # 60 is nearer 65 than 80 (0.1 and 0.3) is
+    assert calibrate_val_threshold(hashes, sizes, 0.72) == 0.5  # 80 is nearer 72
+    assert calibrate_val_threshold(hashes, sizes, 0.01) == 0.3  # never empty while keys remain for train
+    assert calibrate_val_threshold(hashes, sizes, 0.99) == 0.9  # never takes every key
+    assert calibrate_val_threshold(hashes, sizes, 0.0) == 0.0
+    assert calibrate_val_threshold(np.array([0.4]), np.array([5.0]), 0.5) == 0.4  # one key: all train
+    assert calibrate_val_threshold(np.empty(0), np.empty(0), 0.05) == 0.05
 
 
 def test_split_key_is_the_parent_when_there_is_one():
@@ -255,25 +287,26 @@ def test_pieces_of_one_parent_share_a_split(tmp_path, corpus, packed):
     for doc_id, text in docs:
         books.setdefault(metas[doc_id]["parent"], set()).add(split_of_text[text])
     assert all(len(splits) == 1 for splits in books.values())  # no book has passages in both splits
-    assert {split_of(parent, 0.3) for parent in books} == {"train", "val"}  # both splits got whole books
-    assert all(splits == {split_of(parent, 0.3)} for parent, splits in books.items())
-    assert [split_of_text[t] for _, t in whole] == [split_of(i, 0.3) for i, _ in whole]  # by id, as before
+    threshold = threshold_of(result)
+    assert {split_of(parent, threshold) for parent in books} == {"train", "val"}  # both got whole books
+    assert all(splits == {split_of(parent, threshold)} for parent, splits in books.items())
+    assert [split_of_text[t] for _, t in whole] == [split_of(i, threshold) for i, _ in whole]  # by id
     # the training sample never sees a passage of a validation book
     cfg = TokenizeConfig(val_fraction=0.3)
-    seen = "".join(training_texts(Store(tmp_path), upstream.files("docs"), cfg, {}))
-    assert not [t for i, t in docs if split_of(metas[i]["parent"], 0.3) == "val" and t in seen]
+    seen = "".join(training_texts(Store(tmp_path), upstream.files("docs"), cfg, threshold, {}))
+    assert not [t for i, t in docs if split_of(metas[i]["parent"], threshold) == "val" and t in seen]
 
 
 def test_training_reads_the_train_split_only_and_respects_the_sample_cap(corpus):
     root, docs, upstream = corpus
     store, cfg, sample = Store(root), TokenizeConfig(val_fraction=0.2), {}
-    seen = "".join(training_texts(store, upstream.files("docs"), cfg, sample))
+    seen = "".join(training_texts(store, upstream.files("docs"), cfg, 0.2, sample))
     val_docs = [t for i, t in docs if split_of(i, 0.2) == "val"]
     assert val_docs and not any(t in seen for t in val_docs)
     assert sample["train_docs"] == len(docs) - len(val_docs) and sample["train_sample_fraction"] == 1.0
     cap, total = 150_000, sum(len(t.encode()) for _, t in docs)
     capped_cfg, capped = TokenizeConfig(val_fraction=0.2, max_train_bytes=cap), {}
-    used = list(training_texts(store, upstream.files("docs"), capped_cfg, capped))
+    used = list(training_texts(store, upstream.files("docs"), capped_cfg, 0.2, capped))
     assert 0.6 * cap < capped["train_bytes"] < cap + max(len(t.encode()) for _, t in docs)
     assert capped["train_sample_fraction"] == pytest.approx(cap / (0.8 * total), rel=0.1)
     assert sum(len(p.encode()) for p in used) == capped["train_bytes"]
@@ -296,7 +329,9 @@ def test_append_tokenizes_only_new_docs_with_the_earlier_tokenizer(tmp_path, cor
     assert new["documents"] == len(docs) + len(new_docs)
     # the same as tokenizing old + new documents in one run with that tokenizer
     full = tokenize(tmp_path, write_upstream(tmp_path, "all", docs + new_docs), val_fraction=0.2,
-                    shard_tokens=20_000, tokenizer_file=packed.files("tokenizer")[0])
+                    shard_tokens=20_000, tokenizer_file=packed.files("tokenizer")[0],
+                    val_threshold=threshold_of(packed))
+    assert new["val_threshold"] == threshold_of(packed) and appended.stats["val_threshold_origin"] == "append_to"
     appended_streams = split_streams(appended.files("index")[0])
     full_streams = split_streams(full.files("index")[0])
     for split in ("train", "val"):
@@ -313,6 +348,8 @@ def test_append_refuses_another_tokenizer_or_split(tmp_path, corpus, packed):
                  tokenizer_file=str(tmp_path / "other.json"))
     with pytest.raises(UserError, match="val_fraction"):
         tokenize(tmp_path, upstream, val_fraction=0.1, append_to=index)
+    with pytest.raises(UserError, match="val_threshold: 0.5 differs"):
+        tokenize(tmp_path, upstream, val_fraction=0.2, append_to=index, val_threshold=0.5)
     # a copy of the run whose index says it was written before splits followed meta parents
     shutil.copytree(Path(index).parent, tmp_path / "old" / "tokens")
     shutil.copyfile(packed.files("tokenizer")[0], tmp_path / "old" / "tokenizer.json")
@@ -322,6 +359,12 @@ def test_append_refuses_another_tokenizer_or_split(tmp_path, corpus, packed):
     old_index.write_text(json.dumps(old_rule))
     with pytest.raises(UserError, match="split documents by 'id'"):
         tokenize(tmp_path, upstream, val_fraction=0.2, append_to=str(old_index))
+    # an index from before calibration split by hash < val_fraction: appending keeps that rule
+    old_rule.update(split_by="parent_or_id")
+    del old_rule["val_threshold"]
+    old_index.write_text(json.dumps(old_rule))
+    appended = tokenize(tmp_path, upstream, val_fraction=0.2, append_to=str(old_index))
+    assert appended.stats["val_threshold"] == 0.2
     with pytest.raises(UserError, match="does not exist"):
         tokenize(tmp_path, upstream, append_to=str(tmp_path / "nope" / "index.json"))
 
