@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("pipeline", nargs="?", default="demo")
     ver.add_argument("-c", "--config")
     ver.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ver.add_argument("--source", dest="sources", action="append", default=[], metavar="PATH_OR_URL",
+                     help="the sources the run was given with --source, if any")
     ver.add_argument("--sizes-only", action="store_true", help="check sizes only (no reading of every byte)")
 
     show = sub.add_parser("show-config", help="print a pipeline's resolved config as YAML")
@@ -139,7 +141,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from flows.verify import verify_pipeline
 
-    rows = verify_pipeline(args.pipeline, args.config, args.overrides, hashes=not args.sizes_only)
+    rows = verify_pipeline(args.pipeline, args.config, args.overrides, args.sources, hashes=not args.sizes_only)
     for row in rows:
         detail = row["detail"] if isinstance(row["detail"], str) else "; ".join(row["detail"])
         print(f"  {row['stage']:<9} {row['status']:<12} {detail}")

@@ -32,6 +32,10 @@ def _build_pipeline_model() -> type[StageConfig]:
         # how a finished stage output is checked before it is reused: file sizes (a stat per file) or
         # also SHA-256s (reads every byte)
         "verify": (Literal["sizes", "hashes"], "sizes"),
+        # false: once pii has finished, delete the documents of the stages before it (raw, not yet
+        # anonymized text); their manifests stay, so caching and incremental runs keep working, and a
+        # run that needs the text again (e.g. a changed pii config) regenerates it from the sources
+        "retain_raw": (bool, True),
         "runner": (RunnerConfig, Field(default_factory=RunnerConfig)),
     }
     for s in STAGES:

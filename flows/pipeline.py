@@ -21,10 +21,10 @@ from prefect.states import Completed
 
 from flows import executors, report
 from flows.config import dump_yaml, load_pipeline, read_config_file
-from flows.stages import STAGE_NAMES, STAGES, needed_for, prefect_task
+from flows.stages import BY_NAME, STAGE_NAMES, STAGES, needed_for, prefect_task
 from tasks.core.errors import ConfigError, UserError
 from tasks.core.result import StageResult
-from tasks.core.stage import RunContext, Stage, plan_stage, register_executor
+from tasks.core.stage import RunContext, Stage, plan_stage, register_executor, result_from_manifest
 from tasks.core.store import Store
 
 log = logging.getLogger("llmpipe")
@@ -175,6 +175,8 @@ def run_graph(cfg: Any, ctx: RunContext, until: str | None, summary: dict, progr
         summary["status"] = "failed"
         raise failure
     summary["status"] = "partial" if "not_implemented" in status.values() else "completed"
+    if not getattr(cfg, "retain_raw", True) and status.get("pii") in ("completed", "cached"):
+        summary["purged_raw"] = purge_raw(stages, results, ctx)
 
 
 class _StageFailed(Exception):
@@ -192,8 +194,13 @@ def _run_one(stage: Stage, cfg: Any, ctx: RunContext, results: dict[str, StageRe
     start = time.perf_counter()
     try:
         plan = plan_stage(stage, stage_cfg, inputs, ctx)
+        if not plan.complete and any(r.purged for r in inputs.values()):
+            inputs = {r: _restored(results[r], cfg, ctx, results) for r in stage.reads}
+            plan = plan_stage(stage, stage_cfg, inputs, ctx)
         progress("start", {"stage": name, "cached": plan.complete})
         result = prefect_task(stage).with_options(refresh_cache=not plan.complete)(plan, stage_cfg, inputs, ctx)
+        if plan.complete:  # the store, not Prefect's cached copy, says whether it was purged since
+            result = result_from_manifest(ctx.open_store(), plan.uri, cached=True)
     except BaseException as exc:
         entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "stats": {}, "outputs": {},
                  "seconds": round(time.perf_counter() - start, 3)}
@@ -204,6 +211,35 @@ def _run_one(stage: Stage, cfg: Any, ctx: RunContext, results: dict[str, StageRe
              "counts": report.count_units(result.stats, [counts[r] for r in stage.reads if r in counts])}
     report.stage_artifacts(ctx.pipeline, stage, result)
     return result, entry
+
+
+def _restored(result: StageResult, cfg: Any, ctx: RunContext, results: dict[str, StageResult]) -> StageResult:
+    """Regenerate a purged stage output (and the purged outputs it reads) from its sources."""
+    if not result.purged:
+        return result
+    stage = BY_NAME[result.stage]
+    inputs = {r: _restored(results[r], cfg, ctx, results) for r in stage.reads}
+    log.info("%s: regenerating the raw text deleted after pii (retain_raw: false), which %s needs again",
+             stage.name, "a later stage")
+    store = ctx.open_store()
+    store.invalidate(result.uri)
+    store.rm(f"{result.uri}/_units")  # its units' files were deleted with the text: redo them all
+    plan = plan_stage(stage, getattr(cfg, stage.name), inputs, ctx)
+    return prefect_task(stage).with_options(refresh_cache=True)(plan, getattr(cfg, stage.name), inputs, ctx)
+
+
+def purge_raw(stages: list[Stage], results: dict[str, StageResult], ctx: RunContext) -> list[str]:
+    """After pii has finished: delete the documents of the stages upstream of it (retain_raw: false)."""
+    store, purged = ctx.open_store(), []
+    for stage in stages:
+        result = results.get(stage.name)
+        if result is not None:  # the store knows best: an output regenerated in this run is not purged
+            result = result_from_manifest(store, result.uri)
+        if stage.raw_text and result is not None and not result.purged:
+            n = store.purge(result.uri)
+            purged.append(stage.name)
+            log.info("%s: deleted %d files of raw text after pii finished (retain_raw: false)", stage.name, n)
+    return purged
 
 
 def _record(summary: dict, name: str, entry: dict[str, Any], progress: Progress) -> None:

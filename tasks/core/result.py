@@ -86,6 +86,7 @@ class StageResult(BaseModel):
     stats: dict[str, Any] = Field(default_factory=dict)
     digest: str = ""  # hash of the completion manifest; downstream keys include it
     cached: bool = False
+    purged: bool = False  # its raw text was deleted after pii (retain_raw: false); restored when needed
 
     def files(self, name: str = "docs") -> list[str]:
         """Absolute URIs of one output group."""

@@ -221,7 +221,7 @@ def _run_and_publish(plan: StagePlan, stage: Stage, cfg: StageConfig, inputs: In
 def result_from_manifest(store: Store, uri: str, cached: bool = True) -> StageResult:
     m = store.read_manifest(uri)
     return StageResult(stage=m["stage"], key=m["key"], uri=uri, outputs=m["outputs"], stats=m["stats"],
-                       digest=m["digest"], cached=cached)
+                       digest=m["digest"], cached=cached, purged=bool(m.get("purged")))
 
 
 def run_stage(stage: Stage, cfg: StageConfig, inputs: Inputs, ctx: RunContext) -> StageResult:

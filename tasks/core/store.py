@@ -123,7 +123,10 @@ class Store:
         except (OSError, ValueError) as exc:
             return [f"{MANIFEST}: unreadable ({exc})"]
         problems = []
+        purged = set((manifest.get("purged") or {}).get("files", []))
         for entry in manifest.get("files", []):
+            if entry["path"] in purged:  # deleted on purpose (retain_raw: false); restored when needed
+                continue
             uri = f"{stage_uri}/{entry['path']}"
             if not self.fs.exists(uri):
                 problems.append(f"{entry['path']}: missing")
@@ -150,6 +153,20 @@ class Store:
             if self.fs.exists(path):
                 self.fs.rm(path, recursive=True)
         return len(found)
+
+    def purge(self, stage_uri: str, groups: tuple[str, ...] = ("docs",)) -> int:
+        """Delete the files of some output groups of a finished stage (its raw text) but keep its
+        manifest, marked `purged`: the digest downstream keys hold stays valid, and a run that needs the
+        files again reruns the stage. Returns the number of files deleted."""
+        manifest = self.read_manifest(stage_uri)
+        outputs = manifest.get("outputs", {})
+        rels = [r for g in groups for r in ([outputs[g]] if isinstance(outputs.get(g), str) else outputs.get(g, []))]
+        for rel in rels:
+            self.rm(f"{stage_uri}/{rel}")
+        stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        manifest["purged"] = {"when": stamp, "groups": list(groups), "files": sorted(rels)}
+        self.write_json(f"{stage_uri}/{MANIFEST}", manifest)
+        return len(rels)
 
     def invalidate(self, stage_uri: str) -> None:
         """Withdraw a manifest that no longer describes the files (kept beside them, for the record)."""
