@@ -259,11 +259,13 @@ class ProgressPrinter:
 
     def _units(self, stage: str, info: dict[str, Any]) -> None:
         """`shards 12/40` lines for a long data stage: at most one every few seconds, and the last one."""
+        if info["phase"].startswith("training"):  # the training lines already say it on the console
+            return
         key, now = (stage, info["phase"]), time.perf_counter()
         if info["done"] < info["total"] and now - self.shown.get(key, 0.0) < 5.0:
             return
         self.shown[key] = now
-        print(f"  {stage:<9} {info['phase']}: shards {info['done']}/{info['total']}", flush=True)
+        print(f"  {stage:<9} {info['phase']} {info['done']}/{info['total']}", flush=True)
 
     def done(self, summary: dict[str, Any]) -> None:
         print(f"llmpipe: {summary['status']} in {time.perf_counter() - self.t0:.1f}s; "

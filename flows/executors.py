@@ -40,6 +40,7 @@ class PrefectUnitExecutor:
         self.runner = runner
         self.progress = progress or (lambda event, info: None)
         self._lock = threading.Lock()  # stages run concurrently; one runner serves them all
+        self._trackers: dict[tuple[str, str], _ProgressArtifact] = {}
 
     def with_progress(self, progress: Callable[[str, dict[str, Any]], None]) -> PrefectUnitExecutor:
         self.progress = progress
@@ -50,12 +51,20 @@ class PrefectUnitExecutor:
             return []
         with self._lock:
             futures = self.runner.map(unit_task, {"fn_ref": fn_ref, "unit": units})
-        tracker = _ProgressArtifact(units[0].stage, fn_ref.rpartition(":")[2], len(units))
+        phase = f"{fn_ref.rpartition(':')[2]}: shards"
         for done, _ in enumerate(as_completed(futures), 1):
-            self.progress("units", {"stage": units[0].stage, "phase": tracker.phase, "done": done,
-                                    "total": len(units)})
-            tracker.update(done)
+            self.report(units[0].stage, phase, done, len(units))
         return [f.result() for f in futures]
+
+    def report(self, stage: str, phase: str, done: int, total: int) -> None:
+        """Progress of one stage phase: a console line (throttled) and a Prefect progress artifact."""
+        key = (stage, phase)
+        with self._lock:
+            tracker = self._trackers.get(key)
+            if tracker is None or done < tracker.done:  # a new pass of the same phase: a new artifact
+                tracker = self._trackers[key] = _ProgressArtifact(stage, phase, total)
+        self.progress("units", {"stage": stage, "phase": phase, "done": done, "total": total})
+        tracker.update(done)
 
 
 class _ProgressArtifact:
@@ -63,16 +72,17 @@ class _ProgressArtifact:
 
     def __init__(self, stage: str, phase: str, total: int):
         self.phase, self.total, self.id = phase, total, None
-        self.last = 0.0
+        self.last, self.done = 0.0, 0
         try:
             from prefect.artifacts import create_progress_artifact
 
-            self.id = create_progress_artifact(progress=0.0, description=f"{stage}: {phase} units done")
+            self.id = create_progress_artifact(progress=0.0, description=f"{stage}: {phase} done")
         except Exception as exc:  # noqa: BLE001 - progress display must never fail a stage
             log.debug("no progress artifact: %s", exc)
 
     def update(self, done: int) -> None:
-        pct = 100.0 * done / self.total
+        self.done = done
+        pct = 100.0 * done / max(self.total, 1)
         if self.id is None or (pct - self.last < 10 and done < self.total):  # a few updates, not one a unit
             return
         self.last = pct

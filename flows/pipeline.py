@@ -69,7 +69,7 @@ def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] 
     progress = _PROGRESS.get("current") or (lambda event, info: None)
     try:
         with executors.unit_runner(cfg.runner) as unit_executor:
-            register_executor(run_id, unit_executor.with_progress(progress))
+            register_executor(run_id, unit_executor.with_progress(progress), unit_executor.report)
             summary["runner"] = {"kind": cfg.runner.kind, "task_runner": type(unit_executor.runner).__name__}
             run_graph(cfg, ctx, until, summary, progress)
     finally:

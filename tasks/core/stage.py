@@ -50,19 +50,32 @@ class RunContext(BaseModel):
         """The flow registers a Prefect-backed executor for its run; plain calls get a local pool."""
         return _EXECUTORS.get(self.run_id) or default_executor(self.runner.workers)
 
+    def progress(self, stage: str, phase: str, done: int, total: int) -> None:
+        """Report progress of a long step (training steps); the flow shows it on the console and as a
+        Prefect progress artifact, plain calls ignore it."""
+        reporter = _PROGRESS.get(self.run_id)
+        if reporter is not None:
+            reporter(stage, phase, done, total)
+
     @property
     def workers(self) -> int:
         return self.runner.workers or os.cpu_count() or 1
 
 
 _EXECUTORS: dict[str, Executor] = {}
+_PROGRESS: dict[str, Callable[[str, str, int, int], None]] = {}
 
 
-def register_executor(run_id: str, executor: Executor | None) -> None:
+def register_executor(run_id: str, executor: Executor | None,
+                      progress: Callable[[str, str, int, int], None] | None = None) -> None:
+    """What the flow lends the stages of one run: its shard executor and its progress reporter."""
     if executor is None:
         _EXECUTORS.pop(run_id, None)
+        _PROGRESS.pop(run_id, None)
     else:
         _EXECUTORS[run_id] = executor
+        if progress is not None:
+            _PROGRESS[run_id] = progress
 
 
 class StageOutput(BaseModel):
