@@ -8,7 +8,8 @@ from models.gpt import GPT, GPTConfig
 
 def random_model(n_future: int = 4, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=101, block_size=96, n_layer=3, n_head=4, n_embd=32, n_future=n_future))
+    return GPT(GPTConfig(vocab_size=101, block_size=96, n_layer=3, n_head=4, n_kv_head=0, n_embd=32, mlp="swiglu",
+                         dropout=0.0, tie_embeddings=True, n_future=n_future))
 
 
 def uncached_greedy(model: GPT, idx: torch.Tensor, new: int) -> torch.Tensor:

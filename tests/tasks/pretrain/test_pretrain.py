@@ -27,7 +27,7 @@ from tasks.pretrain.stage import (
     pretrain_task,
     run_pretrain,
 )
-from tasks.pretrain.loop import phrase_tokens, write_token_index
+from tasks.pretrain.data import phrase_tokens, write_token_index
 
 VOCAB = 200  # the model pads it to 256
 REPO = Path(__file__).resolve().parents[3]
