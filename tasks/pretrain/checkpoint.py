@@ -140,7 +140,8 @@ class Checkpoints:
         weights = acc.get_state_dict(model)  # collectives under FSDP: every process calls both
         optimizer_state = self._optimizer_state(model, optimizer)
         if self.is_main:
-            save_file(weights_for_saving(weights, is_tied(acc.unwrap_model(model))), str(tmp / "model.safetensors"))
+            tied = is_tied(acc.unwrap_model(model))
+            save_file(weights_for_saving(weights, tied), str(tmp / "model.safetensors"))
             torch.save(optimizer_state, tmp / "optimizer.pt")
             write_json_atomic(tmp / "state.json", {"step": step, **state})
         rng = {"cpu": torch.get_rng_state()}

@@ -147,7 +147,8 @@ def write_model(trainer: Trainer, cfg: TrainConfig, metrics: dict[str, Any]) -> 
         data: LMData = trainer.data
         config = {"architecture": "llmpipe-gpt", "model": GPTConfig.from_dict(cfg.model).to_dict(),
                   "eot_id": data.eot_id, "tokenizer": "tokenizer.json" if cfg.tokenizer else None}
-        lineage = {**cfg.lineage, "train_config": asdict(cfg), "index_tokenizer_sha256": data.tokenizer_sha256}
+        lineage = {**cfg.lineage, "train_config": asdict(cfg),
+                   "index_tokenizer_sha256": data.tokenizer_sha256}
         if cfg.init_from:
             lineage["init_from"] = {"model_dir": cfg.init_from, "model_sha256": weights_sha256(cfg.init_from)}
         publish_model_dir(final, weights_for_saving(weights, is_tied(trainer.core)),

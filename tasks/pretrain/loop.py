@@ -191,7 +191,8 @@ class Trainer:
         with torch.device(self.device):  # initializing on the GPU takes a fraction of the CPU's time
             self.core = build_model()
         self.step = 0
-        self.checkpoints = Checkpoints(Path(cfg.out_dir) / "checkpoints", acc, cfg.keep_checkpoints, self.fsdp)
+        self.checkpoints = Checkpoints(Path(cfg.out_dir) / "checkpoints", acc, cfg.keep_checkpoints,
+                                       self.fsdp)
         self.checkpoint_state: dict[str, Any] | None = None  # state.json of the checkpoint resumed from
         self.resumed_from = self._load_checkpoint_weights()
         # one prepare call for both: FSDP2 shards the model and remaps the optimizer's parameters together
@@ -199,6 +200,7 @@ class Trainer:
         self.core = acc.unwrap_model(self.model)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         objective.prepare(self.core, compile=cfg.compile, fsdp=self.fsdp)
+        self.num_params = sum(p.numel() for p in self.core.parameters())  # a tied weight counts once
         flops = getattr(self.core, "flops_per_token", None)
         self.flops_per_token = flops(self.T) if flops else None
         self.peak_flops = peak_flops(self.device) if self.flops_per_token else None
@@ -441,8 +443,9 @@ class Loop:
             if not all(math.isfinite(v) for v in [*row, norm]):
                 where = self.last_checkpoint or "none yet"
                 raise NonFiniteLoss(f"training diverged at step {first + i}: losses {row}, gradient "
-                                    f"norm {norm}. Kept the last good checkpoint ({where}). Lower pretrain.lr, "
-                                    "raise warmup_steps or set grad_clip, then rerun (it resumes there).")
+                                    f"norm {norm}. Kept the last good checkpoint ({where}). Lower "
+                                    "pretrain.lr, raise warmup_steps or set grad_clip, then rerun (it "
+                                    "resumes there).")
         elapsed = time.perf_counter() - self.window_start
         self.train_seconds += elapsed
         self.steps_run += len(values)
@@ -490,7 +493,7 @@ def run(trainer: Trainer, emit: Callable[[str], None],
     if trainer.resumed_from:
         emit(f"resuming from {trainer.resumed_from} (step {trainer.step}/{trainer.total_steps})")
     else:
-        emit(f"training {trainer.core.num_params():,} parameters for {trainer.total_steps} steps of "
+        emit(f"training {trainer.num_params:,} parameters for {trainer.total_steps} steps of "
              f"{trainer.tokens_per_step:,} tokens on {trainer.world} x {trainer.device} "
              f"({trainer.precision})")
     loop = Loop(trainer, emit, on_step)
@@ -513,7 +516,7 @@ def _summary(trainer: Trainer, loop: Loop, seconds: float) -> dict[str, Any]:
         "val_loss": val[0] if val else None, "val_loss_heads": val,
         "tokens_per_s": trainer.tokens_per_step * loop.steps_run / loop.train_seconds
         if loop.steps_run else None,
-        "seconds": round(seconds, 3), "params": trainer.core.num_params(),
+        "seconds": round(seconds, 3), "params": trainer.num_params,
         "flops_per_token": trainer.flops_per_token, "device": str(trainer.device),
         "processes": trainer.world, "precision": trainer.precision,
         "resumed_from_step": trainer.checkpoint_state["step"] if trainer.checkpoint_state else None,

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from models.gpt import GPT, GPTConfig, pad_vocab
 from models.mtp import all_heads_backward, sequential_heads_backward
 
-
 # the settings GPTConfig leaves to the stage config (no defaults there)
 SETTINGS = dict(n_kv_head=0, mlp="swiglu", dropout=0.0, tie_embeddings=True, n_future=1)
 

@@ -1,6 +1,7 @@
 """The training loop: schedule, budget, learning, checkpoints, kill-and-resume, divergence, OOM, warm start,
 the numbers it computes (a pinned loss), baselines."""
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -17,7 +18,14 @@ from tasks.core.token_shards import TokenWindows
 from tasks.pretrain.checkpoint import load_pretrained
 from tasks.pretrain.data import phrase_tokens, token_baselines, write_token_index
 from tasks.pretrain.lm import TrainConfig, train
-from tasks.pretrain.loop import NonFiniteLoss, OutOfMemory, Trainer, TrainingInterrupted, lr_at, total_steps_for
+from tasks.pretrain.loop import (
+    NonFiniteLoss,
+    OutOfMemory,
+    Trainer,
+    TrainingInterrupted,
+    lr_at,
+    total_steps_for,
+)
 from tasks.pretrain.stage import PretrainConfig, build_train_config, loop_config
 
 VOCAB = 256
@@ -87,7 +95,7 @@ def test_baselines_on_a_cycle(tmp_path):
 
 
 def kneser_ney_by_hand(train: list[int], val: list[int], vocab: int, d: float = 0.75) -> float:
-    pairs = list(zip(train, train[1:]))
+    pairs = list(itertools.pairwise(train))
     def p(a: int, b: int) -> float:
         followers = {y for x, y in pairs if x == a}
         c_a = sum(1 for x, _ in pairs if x == a)
@@ -95,7 +103,7 @@ def kneser_ney_by_hand(train: list[int], val: list[int], vocab: int, d: float = 
         if c_a == 0:
             return p_cont
         return max(pairs.count((a, b)) - d, 0) / c_a + d * len(followers) / c_a * p_cont
-    return -sum(math.log(p(a, b)) for a, b in zip(val, val[1:])) / (len(val) - 1)
+    return -sum(math.log(p(a, b)) for a, b in itertools.pairwise(val)) / (len(val) - 1)
 
 
 def test_bigram_baseline_is_interpolated_kneser_ney(tmp_path):
