@@ -145,7 +145,7 @@ def bigram_cross_entropy(train: TokenSplit, val: TokenSplit, discount: float = B
                      p_cont[b])
         total -= np.log(p).sum()
         n += a.size
-    return total / n if n else float("nan")
+    return float(total / n) if n else float("nan")
 
 
 def token_baselines(index_path: str | os.PathLike) -> dict[str, float | None]:
