@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.gpt import GPT, GPTConfig
+from models.config import GPTConfig
 from tasks.core.errors import UserError
 
 log = logging.getLogger("llmpipe.pretrain")
@@ -64,13 +64,6 @@ def read_model_config(model_dir: str | os.PathLike) -> GPTConfig:
         raise UserError(f"{model_dir} is not a model directory written by the pretrain stage (it needs "
                         "config.json and model.safetensors); point pretrain.init_from at a run's model/")
     return GPTConfig.from_dict(json.loads(path.read_text())["model"])
-
-
-def load_pretrained(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> GPT:
-    """The trained model from a run's model/ directory (config.json + model.safetensors)."""
-    model = GPT(read_model_config(model_dir))
-    load_weights(model, Path(model_dir) / "model.safetensors")
-    return model.to(device).eval()
 
 
 def weights_sha256(model_dir: str | os.PathLike) -> str:

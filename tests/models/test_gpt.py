@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.gpt import GPT, GPTConfig, pad_vocab
+from models.config import pad_vocab
+from models.gpt import GPT, GPTConfig
 from models.mtp import all_heads_backward, sequential_heads_backward
 
 # the settings GPTConfig leaves to the stage config (no defaults there)

@@ -10,8 +10,6 @@ import pytest
 from datasketch import MinHash
 from pydantic import ValidationError
 
-from tasks.dedup import minhash
-from tasks.dedup import stage as dedup
 from tasks.core.config import stable_hash
 from tasks.core.docs import SCHEMA, DocWriter, read_all
 from tasks.core.errors import UserError
@@ -19,6 +17,8 @@ from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, RunnerConfig, register_executor, run_stage
 from tasks.core.store import Store
 from tasks.core.units import PoolExecutor
+from tasks.dedup import minhash
+from tasks.dedup import stage as dedup
 from tasks.dedup.stage import (
     DedupConfig,
     LocalIndex,

