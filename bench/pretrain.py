@@ -1,12 +1,15 @@
-"""Pretraining speed: tokens/s, MFU and peak memory of the real training step, the cost of multi-token
-heads, and self-speculative decoding against greedy decoding. Needs torch + accelerate + numpy only.
+"""Pretraining speed: tokens/s, MFU and peak memory of the real training step against transformers'
+Llama of the same shape, the cost of multi-token heads, and self-speculative decoding against greedy
+decoding. Needs torch + accelerate + numpy (+ transformers for the reference); no pipeline libraries.
 
     python -m bench.pretrain --out bench-pretrain.json           # GPU: the gpt2-small shape (~5 min)
     python -m bench.pretrain --tiny                               # CPU: a tiny model, a minute or so
 
 Every figure is measured in this run on synthetic tokens (a stream of fixed random phrases, so a briefly
 trained model can learn them and its extra heads have something to draft). Baselines are measured in
-the same run: n_future=1 for the multi-token cost, head-0 greedy decoding for speculative decoding.
+the same run: transformers' LlamaForCausalLM with our shape (layers, width, heads, kv heads, SwiGLU width,
+vocabulary, T, tied embeddings; SDPA attention, same precision, compiled, same micro-batch, fused AdamW)
+for the training step, n_future=1 for the multi-token cost, head-0 greedy decoding for speculative decoding.
 """
 from __future__ import annotations
 
@@ -25,14 +28,17 @@ import numpy as np
 import torch
 
 from models.generate import SpeculativeStats, generate, speculative_generate
-from models.gpt import GPT
-from tasks.pretrain.loop import TrainConfig, Trainer, peak_flops, phrase_tokens, write_token_index
+from models.gpt import GPT, GPTConfig
+from tasks.pretrain.data import LMData, phrase_tokens, write_token_index
+from tasks.pretrain.lm import TrainConfig, make_trainer
+from tasks.pretrain.loop import LoopConfig, Trainer, peak_flops
 
-REFERENCE_H200_TOKENS_PER_S = 490_000  # best public single-GPU gpt2-small figure measured on an H200
-TARGET_H200_TOKENS_PER_S = 540_000
-
-GPT2_SMALL = dict(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768)
-TINY = dict(vocab_size=4096, block_size=128, n_layer=4, n_head=4, n_embd=128)
+ARCH = dict(n_kv_head=0, mlp="swiglu", dropout=0.0, tie_embeddings=True)
+GPT2_SMALL = dict(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768) | ARCH
+TINY = dict(vocab_size=4096, block_size=128, n_layer=4, n_head=4, n_embd=128) | ARCH
+# the benchmark's own optimizer settings (the stage config that holds the pipeline's defaults needs
+# pydantic, which bare GPU machines lack); only speed is measured, and both models get the same
+OPTIMIZER = dict(weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, warmup_steps=10, min_lr_ratio=0.1)
 
 
 def device_description() -> str:
@@ -74,19 +80,26 @@ class Bench:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
+    @property
+    def compile(self) -> bool:
+        return self.gpu and not self.args.no_compile
+
     def config(self, n_future: int, memory_saving: bool, attention: str, name: str,
                lr: float = 6e-4) -> TrainConfig:
         a = self.args
-        return TrainConfig(index=str(self.index), out_dir=str(self.workdir / name), model=self.shape | {
-            "n_future": n_future}, micro_batch=a.micro_batch, max_steps=100_000, lr=lr, warmup_steps=10,
-            memory_saving_heads=memory_saving, compile=self.gpu and not a.no_compile, cpu=not self.gpu,
-            precision="auto", attention=attention, checkpoint_every=0, progress=False)
+        loop = LoopConfig(out_dir=str(self.workdir / name), micro_batch=a.micro_batch, grad_accum=1, lr=lr,
+                          max_steps=100_000, max_tokens=0, precision="auto", compile=self.compile,
+                          attention=attention, cpu=not self.gpu, cpu_threads=0, seed=0, eval_every=0,
+                          eval_batches=0, checkpoint_every=0, keep_checkpoints=1, log_every=100_000,
+                          progress=False, **OPTIMIZER)
+        return TrainConfig(index=str(self.index), tokenizer="", model=self.shape | {"n_future": n_future},
+                           memory_saving_heads=memory_saving, init_from="", loop=loop)
 
     def measure(self, name: str, cfg: TrainConfig, keep: bool = False
                 ) -> tuple[dict[str, Any], Trainer | None]:
         """Warm up (compiles), then time `steps` optimizer steps with one device sync at the end."""
         a = self.args
-        trainer = Trainer(cfg)
+        trainer = make_trainer(cfg)
         t0 = time.perf_counter()
         for _ in range(a.warmup):
             trainer.train_step()
@@ -102,10 +115,10 @@ class Bench:
         seconds = time.perf_counter() - t0
         tokens_per_s = trainer.tokens_per_step * a.steps / seconds
         losses = torch.stack(losses)[:, 0].tolist()
-        row = {"name": name, "n_future": trainer.model_cfg.n_future,
-               "memory_saving_heads": cfg.memory_saving_heads, "attention": cfg.attention,
-               "compiled": cfg.compile, "precision": trainer.precision,
-               "micro_batch": cfg.micro_batch, "seq_len": trainer.T, "params": trainer.core.num_params(),
+        row = {"name": name, "n_future": trainer.core.cfg.n_future,
+               "memory_saving_heads": cfg.memory_saving_heads, "attention": cfg.loop.attention,
+               "compiled": cfg.loop.compile, "precision": trainer.precision,
+               "micro_batch": cfg.loop.micro_batch, "seq_len": trainer.T, "params": trainer.num_params,
                "tokens_per_s": round(tokens_per_s), "step_ms": round(1000 * seconds / a.steps, 2),
                "warmup_s": round(warmup_s, 1), "flops_per_token": trainer.flops_per_token,
                "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4)}
@@ -143,8 +156,8 @@ class Bench:
     def variant(self, name: str, cfg: TrainConfig, keep: bool = False):
         """measure() a training variant; if compiling it fails, measure it eager instead (and say so)."""
         got = self.guarded(name, self.measure, name, cfg, keep)
-        if got is None and cfg.compile and self.elapsed() <= self.args.budget_s:
-            cfg.compile = False
+        if got is None and cfg.loop.compile and self.elapsed() <= self.args.budget_s:
+            cfg.loop.compile = False
             got = self.guarded(f"{name} (eager fallback)", self.measure, f"{name}-eager", cfg, keep)
         return got
 
@@ -163,13 +176,107 @@ def run_throughput(bench: Bench) -> str:
         return "auto"
     best = max(rows, key=lambda r: r["tokens_per_s"])
     bench.results["best_next_token"] = best
-    if bench.gpu:
-        bench.results["reference"] = {
-            "public_h200_tokens_per_s": REFERENCE_H200_TOKENS_PER_S,
-            "target_h200_tokens_per_s": TARGET_H200_TOKENS_PER_S,
-            "ratio_to_public_reference": round(best["tokens_per_s"] / REFERENCE_H200_TOKENS_PER_S, 3),
-            "note": "the reference and target are H200 figures; compare only when `device` is an H200"}
     return best["attention"]
+
+
+def run_reference(bench: Bench) -> None:
+    """Section 1b: transformers' LlamaForCausalLM with our shape, trained the way its users do
+    (model(input_ids, labels=input_ids).loss), on the same tokens and micro-batch."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        bench.results["skipped"].append("reference: transformers is not installed (pip install transformers)")
+        print("reference: skipped, transformers is not installed", flush=True)
+        return
+    print("reference (transformers LlamaForCausalLM, same shape):", flush=True)
+    row = bench.guarded("reference", measure_reference, bench)
+    release()  # the reference model is gone with measure_reference's frame: free its memory
+    if row is None:
+        return
+    out = {"reference": row}
+    best = bench.results.get("best_next_token")
+    if best:
+        out["ours_to_reference_tokens_per_s"] = round(best["tokens_per_s"] / row["tokens_per_s"], 3)
+        if "peak_memory_gib" in best:
+            out["ours_to_reference_peak_memory"] = round(best["peak_memory_gib"] / row["peak_memory_gib"], 3)
+        print(f"  ours / reference: {out['ours_to_reference_tokens_per_s']}x tokens/s", flush=True)
+    bench.results["reference"] = out
+
+
+def llama_like(shape: dict[str, Any]):
+    """LlamaForCausalLM with our GPT's shape: same matrices, so the same FLOPs per token."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ours = GPTConfig(**shape, n_future=1)
+    config = LlamaConfig(vocab_size=ours.vocab_size, hidden_size=ours.n_embd,
+                         intermediate_size=ours.mlp_hidden, num_hidden_layers=ours.n_layer,
+                         num_attention_heads=ours.n_head, num_key_value_heads=ours.kv_heads, max_position_embeddings=ours.block_size,
+                         rms_norm_eps=ours.norm_eps, tie_word_embeddings=ours.tie_embeddings,
+                         attention_dropout=0.0, attn_implementation="sdpa")
+    return LlamaForCausalLM(config)
+
+
+def measure_reference(bench: Bench) -> dict[str, Any]:
+    a = bench.args
+    device = torch.device("cuda" if bench.gpu else "cpu")
+    bf16 = bench.gpu and torch.cuda.is_bf16_supported()
+    torch.manual_seed(0)
+    with device:
+        model = llama_like(bench.shape)
+    model.train()
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(OPTIMIZER["beta1"], OPTIMIZER["beta2"]),
+                                  weight_decay=OPTIMIZER["weight_decay"], fused=bench.gpu)
+    forward = torch.compile(model) if bench.compile else model
+    data = LMData(bench.index, bench.shape["block_size"], a.micro_batch, n_future=1, seed=0)
+
+    def step() -> torch.Tensor:
+        x, _ = data.next_batch()
+        x = x.pin_memory().to(device, non_blocking=True) if bench.gpu else x
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = forward(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIMIZER["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    t0 = time.perf_counter()
+    for _ in range(a.warmup):
+        step()
+    sync()
+    warmup_s = time.perf_counter() - t0
+    if bench.gpu:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    losses = [step() for _ in range(a.steps)]
+    sync()
+    seconds = time.perf_counter() - t0
+    tokens_per_s = a.micro_batch * bench.shape["block_size"] * a.steps / seconds
+    with torch.device("meta"):  # the same formula as ours, on the same shape
+        flops_per_token = GPT(GPTConfig(**bench.shape, n_future=1)).flops_per_token(bench.shape["block_size"])
+    row = {"name": "transformers-llama", "transformers": transformers_version(), "params": params,
+           "compiled": bench.compile, "precision": "bf16" if bf16 else "fp32", "attention": "sdpa",
+           "micro_batch": a.micro_batch, "seq_len": bench.shape["block_size"],
+           "tokens_per_s": round(tokens_per_s), "step_ms": round(1000 * seconds / a.steps, 2),
+           "warmup_s": round(warmup_s, 1), "flops_per_token": flops_per_token,
+           "loss_first": round(losses[0].item(), 4), "loss_last": round(losses[-1].item(), 4)}
+    peak = peak_flops(device)
+    if peak:
+        row["mfu"] = round(flops_per_token * tokens_per_s / peak, 4)
+    if bench.gpu:
+        row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    print(f"  reference: {row['tokens_per_s']:,} tok/s, {row['step_ms']} ms/step"
+          + (f", MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "")
+          + (f", peak {row['peak_memory_gib']} GiB" if "peak_memory_gib" in row else "")
+          + f" (warmup+compile {row['warmup_s']} s)", flush=True)
+    return row
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def run_mtp_cost(bench: Bench, attention: str) -> dict[str, Any] | None:
@@ -219,7 +326,7 @@ def train_more(bench: Bench, trainer: Trainer) -> dict[str, Any]:
     print(f"  trained the generation model {bench.args.gen_train_steps} more steps: head losses "
           f"{[round(h, 3) for h in heads]}", flush=True)
     weights = {k: v.detach().to("cpu", copy=True) for k, v in trainer.core.state_dict().items()}
-    return {"config": trainer.model_cfg, "weights": weights, "device": trainer.device}
+    return {"config": trainer.core.cfg, "weights": weights, "device": trainer.device}
 
 
 def run_generation(bench: Bench, trained: dict[str, Any]) -> None:
@@ -318,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"device: {bench.results['device']}", flush=True)
         print(f"shape: {bench.shape}, micro-batch {args.micro_batch}", flush=True)
         attention = run_throughput(bench)
+        run_reference(bench)
         trained = run_mtp_cost(bench, attention)
         if trained is not None:
             bench.guarded("generation", run_generation, bench, trained)
@@ -337,13 +445,20 @@ def summarize(results: dict[str, Any]) -> None:
         print(f"  next-token training: {best['tokens_per_s']:,} tok/s{mfu} (attention={best['attention']})")
     ref = results.get("reference")
     if ref:
-        print(f"  vs public H200 reference {REFERENCE_H200_TOKENS_PER_S:,} tok/s: "
-              f"{ref['ratio_to_public_reference']}x "
-              f"(target {TARGET_H200_TOKENS_PER_S:,} on an H200)")
+        row = ref["reference"]
+        mfu = f", MFU {100 * row['mfu']:.1f}%" if "mfu" in row else ""
+        ratio = ref.get("ours_to_reference_tokens_per_s")
+        print(f"  transformers Llama, same shape: {row['tokens_per_s']:,} tok/s{mfu}"
+              + (f"; ours / reference {ratio}x" if ratio else ""))
     mtp = results.get("mtp", {})
     if "memory_saving_tokens_per_s_ratio" in mtp:
         memory = mtp.get("memory_saving_peak_memory_ratio")
         print(f"  n_future=4 memory-saving: {mtp['memory_saving_tokens_per_s_ratio']}x the tok/s"
+              + (f", {memory}x the peak memory" if memory else "") + " of n_future=1 (FLOP-bound ceiling "
+              f"{mtp['memory_saving_flops_bound_ratio']}x)")
+    if "plain_tokens_per_s_ratio" in mtp:
+        memory = mtp.get("plain_peak_memory_ratio")
+        print(f"  n_future=4 plain order: {mtp['plain_tokens_per_s_ratio']}x the tok/s"
               + (f", {memory}x the peak memory" if memory else "") + " of n_future=1")
     gen = results.get("generation")
     if gen:

@@ -2,25 +2,28 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 50304  # pad to a multiple of 64: matmul kernels are faster on round shapes
-    block_size: int = 1024  # context length
-    n_layer: int = 12  # blocks on each head's path: n_layer - 1 shared + 1 per head
-    n_head: int = 12
-    n_kv_head: int = 0  # 0 = n_head (multi-head attention); fewer = grouped-query attention
-    n_embd: int = 768
-    mlp: str = "swiglu"  # swiglu | gelu
+    """The model's shape. The fields without a default are pretraining settings whose defaults live in
+    the stage config (tasks/pretrain/stage.py PretrainConfig); the others are owned here."""
+
+    vocab_size: int  # padded to a multiple of 64 by the stage: matmul kernels are faster on round shapes
+    block_size: int  # context length
+    n_layer: int  # blocks on each head's path: n_layer - 1 shared + 1 per head
+    n_head: int
+    n_kv_head: int  # 0 = n_head (multi-head attention); fewer = grouped-query attention
+    n_embd: int
+    mlp: str  # swiglu | gelu
+    dropout: float
+    tie_embeddings: bool
+    n_future: int  # output heads; head k predicts token t+1+k
     mlp_ratio: float = 4.0  # gelu hidden = ratio * n_embd; swiglu uses 2/3 of that (same parameter count)
-    dropout: float = 0.0
-    tie_embeddings: bool = True
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
-    n_future: int = 1  # output heads; head k predicts token t+1+k
 
     def __post_init__(self) -> None:
         n_kv = self.n_kv_head or self.n_head
@@ -59,9 +62,11 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        unknown, missing = sorted(set(d) - known), sorted(required - set(d))
+        if unknown or missing:
+            raise ValueError(f"model config: unknown keys {unknown}, missing keys {missing}; known keys: "
+                             f"{sorted(known)}")
         return cls(**d)
 
 

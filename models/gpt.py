@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.config import GPTConfig, pad_vocab  # noqa: F401  (pad_vocab: part of this module's API)
+from models.config import GPTConfig
 
 
 class RMSNorm(nn.Module):

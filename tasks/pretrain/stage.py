@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -52,6 +53,9 @@ class PretrainConfig(StageConfig):
     tie_embeddings: bool = True
     n_future: int = 1  # output heads (multi-token prediction); 1 = plain next-token prediction
     memory_saving_heads: bool = True  # run the heads' forward+backward one at a time
+    # warm start: a model directory the stage wrote (<store>/pretrain/<key>/model); its weights start the
+    # run (same shapes), the optimizer and the schedule start fresh. The store key holds the weights' digest
+    init_from: str | None = None
     # optimization
     micro_batch: int = 16  # sequences per process per forward pass
     grad_accum: int = 1
@@ -101,10 +105,20 @@ def model_fields(cfg: PretrainConfig, vocab_size: int) -> dict[str, Any]:
             "dropout": cfg.dropout, "tie_embeddings": cfg.tie_embeddings, "n_future": cfg.n_future}
 
 
+def loop_config(cfg: PretrainConfig, out_dir: Path, pipeline_seed: int = 0):
+    """The loop's plain config: the fields of the same names, the seed resolved."""
+    from tasks.pretrain.loop import LoopConfig  # torch: imported when a run starts, not with the flow
+
+    shared = {f.name for f in fields(LoopConfig)} & set(PretrainConfig.model_fields)
+    return LoopConfig(out_dir=str(out_dir), progress=True, **{k: getattr(cfg, k) for k in shared - {"seed"}},
+                      seed=pipeline_seed if cfg.seed is None else cfg.seed)
+
+
 def build_train_config(cfg: PretrainConfig, index_path: Path, tokenizer_path: Path | None, out_dir: Path,
                        lineage: dict[str, Any], pipeline_seed: int = 0):
-    """The loop's plain config, with the vocabulary resolved from the token index."""
-    from tasks.pretrain.loop import TrainConfig  # torch: imported when a run starts, not with the flow
+    """The run's plain config (run.json), with the vocabulary resolved from the token index."""
+    from tasks.pretrain.checkpoint import check_warm_start
+    from tasks.pretrain.lm import TrainConfig
 
     index = read_index(index_path)
     vocab = cfg.vocab_size or pad_vocab(index["vocab_size"], cfg.vocab_multiple)
@@ -112,13 +126,13 @@ def build_train_config(cfg: PretrainConfig, index_path: Path, tokenizer_path: Pa
         raise ConfigError(f"pretrain.vocab_size {vocab} is smaller than the tokenizer's "
                           f"{index['vocab_size']} ids ({index_path}); set it to 0 to take the "
                           "tokenizer's size")
-    # the optimization, evaluation and checkpoint fields have the same names in both configs
-    loop_keys = {f.name for f in fields(TrainConfig)} & set(PretrainConfig.model_fields)
-    return TrainConfig(index=str(index_path), out_dir=str(out_dir),
-                       tokenizer=str(tokenizer_path) if tokenizer_path else "",
-                       model=model_fields(cfg, vocab), lineage=lineage,
-                       **{k: getattr(cfg, k) for k in loop_keys - {"seed"}},
-                       seed=pipeline_seed if cfg.seed is None else cfg.seed)
+    model = model_fields(cfg, vocab)
+    if cfg.init_from:
+        check_warm_start(cfg.init_from, model)
+    return TrainConfig(index=str(index_path), tokenizer=str(tokenizer_path) if tokenizer_path else "",
+                       model=model, memory_saving_heads=cfg.memory_saving_heads,
+                       init_from=cfg.init_from or "", loop=loop_config(cfg, out_dir, pipeline_seed),
+                       lineage=lineage)
 
 
 def run_pretrain(inputs: Inputs, out_uri: str, cfg: PretrainConfig, ctx: RunContext) -> StageOutput:
@@ -140,7 +154,7 @@ def run_pretrain(inputs: Inputs, out_uri: str, cfg: PretrainConfig, ctx: RunCont
     if cfg.num_processes > 1:
         summary = launch(run_json, cfg.num_processes, cfg.distributed, emit)
     else:
-        from tasks.pretrain.loop import train
+        from tasks.pretrain.lm import train
 
         summary = train(train_cfg, emit=emit)
     png = write_loss_curve(out_dir)
@@ -154,9 +168,21 @@ def run_pretrain(inputs: Inputs, out_uri: str, cfg: PretrainConfig, ctx: RunCont
     stats_keys = ("steps", "tokens", "train_loss", "val_loss", "tokens_per_s", "mfu", "seconds", "params",
                   "processes", "device", "precision", "resumed_from_step", "loss_units",
                   "val_unigram_entropy_nats", "val_unigram_entropy_bits", "val_below_unigram",
-                  "unigram_entropy_nats", "val_unigram_baseline_nats")
+                  "unigram_entropy_nats", "val_unigram_baseline_nats", "val_bigram_baseline_nats",
+                  "val_below_bigram")
     return StageOutput(outputs=outputs, stats={k: summary.get(k) for k in stats_keys if k in summary})
 
+
+def pretrain_key_inputs(cfg: PretrainConfig, ctx: RunContext) -> dict[str, Any]:
+    """What the store key needs beyond the config: the warm-start weights' digest (the init_from path
+    alone does not change when the model in it is retrained)."""
+    if not cfg.init_from:
+        return {}
+    weights = Path(cfg.init_from) / "model.safetensors"
+    if not weights.exists():
+        raise ConfigError(f"pretrain.init_from: {weights} does not exist; point init_from at the model/ "
+                          "directory of a finished pretrain run (it holds model.safetensors and config.json)")
+    return {"init_from_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
 
 
 # several processes ---------------------------------------------------------------------------------
@@ -217,7 +243,7 @@ def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_loss_curve(out_dir: Path) -> Path | None:
-    """loss.png: training and validation loss against tokens, with a unigram model's val loss."""
+    """loss.png: training and validation loss against tokens, with unigram and bigram models' val loss."""
     records = read_metrics(out_dir)
     train = [r for r in records if "loss" in r]
     if not train:
@@ -235,9 +261,11 @@ def write_loss_curve(out_dir: Path) -> Path | None:
         ax.plot([r["step"] * per_step for r in val], [r["val_loss"] for r in val], "o-", label="val loss")
     summary_path = out_dir / "model" / "metrics.json"
     if summary_path.exists():
-        baseline = json.loads(summary_path.read_text()).get("val_unigram_baseline_nats")
-        if baseline:
-            ax.axhline(baseline, color="grey", linestyle="--", label="unigram model (fit on train) on val")
+        summary = json.loads(summary_path.read_text())
+        for key, style, label in (("val_unigram_baseline_nats", "--", "unigram model (fit on train) on val"),
+                                  ("val_bigram_baseline_nats", ":", "bigram model (fit on train) on val")):
+            if summary.get(key):
+                ax.axhline(summary[key], color="grey", linestyle=style, label=label)
     ax.set_xlabel("tokens")
     ax.set_ylabel("cross-entropy (nats)")
     ax.legend()
@@ -268,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="run.json written by the pretrain stage")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    from tasks.pretrain.loop import TrainConfig, train
+    from tasks.pretrain.lm import TrainConfig, train
 
     run_json = Path(args.config)
     rank = int(os.environ.get("RANK", "0"))
@@ -283,10 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: %s", type(exc).__name__, exc)
         return 2
     if rank == 0:
-        write_loss_curve(Path(cfg.out_dir))
+        write_loss_curve(Path(cfg.loop.out_dir))
     return 0
 
 
 STAGE = Stage(name="pretrain", config=PretrainConfig, run=run_pretrain, reads=("tokenize",),
-              uses_pipeline_seed=True, resumable=True, artifacts=pretrain_artifacts,
+              uses_pipeline_seed=True, resumable=True, artifacts=pretrain_artifacts, key_inputs=pretrain_key_inputs,
               summary="train a GPT (next-token or multi-token prediction) with Accelerate")

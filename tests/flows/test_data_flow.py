@@ -80,7 +80,12 @@ def test_no_pii_in_summary_logs_artifacts_or_reports(tmp_path):
 
 def _prefect_logs_and_artifacts(flow_run_id: str) -> list[str]:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
 
     async def fetch():
         async with get_client() as client:

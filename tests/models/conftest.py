@@ -15,7 +15,8 @@ def trained_phrase_model():
     phrases = rng.integers(1, 101, size=(8, 12))
     stream = torch.as_tensor(phrases[rng.integers(0, 8, size=4000)].reshape(-1))
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=101, block_size=96, n_layer=2, n_head=4, n_embd=64, n_future=4))
+    model = GPT(GPTConfig(vocab_size=101, block_size=96, n_layer=2, n_head=4, n_kv_head=0, n_embd=64,
+                          mlp="swiglu", dropout=0.0, tie_embeddings=True, n_future=4))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     T = 32
     for _ in range(150):

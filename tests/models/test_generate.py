@@ -8,7 +8,8 @@ from models.gpt import GPT, GPTConfig
 
 def random_model(n_future: int = 4, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=101, block_size=96, n_layer=3, n_head=4, n_embd=32, n_future=n_future))
+    return GPT(GPTConfig(vocab_size=101, block_size=96, n_layer=3, n_head=4, n_kv_head=0, n_embd=32,
+                         mlp="swiglu", dropout=0.0, tie_embeddings=True, n_future=n_future))
 
 
 def uncached_greedy(model: GPT, idx: torch.Tensor, new: int) -> torch.Tensor:
@@ -37,7 +38,23 @@ def test_speculative_decoding_equals_greedy(seed):
     spec, stats = speculative_generate(model, prompt, 60)
     assert torch.equal(spec, greedy)
     assert stats.drafted <= 3 * stats.forwards and stats.accepted + stats.forwards == 60 - 1
-    assert stats.forwards < 60 or stats.accepted == 0
+
+
+def test_heads_that_agree_with_head_0_cut_the_forwards_by_the_number_of_heads():
+    """Every token embedded alike makes the model's output the same at every position, whatever the
+    input; with heads 1..3 copies of head 0, each draft is what head 0 then picks, so every draft is
+    accepted and one forward yields 4 tokens."""
+    model = random_model(n_future=4)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(101, 32))  # untied: the logits differ by token
+    with torch.no_grad():
+        model.wte.weight.copy_(model.wte.weight[:1].expand(101, -1))
+        for head in model.heads[1:]:
+            head.load_state_dict(model.heads[0].state_dict())
+    prompt = torch.randint(0, 101, (1, 5), generator=torch.Generator().manual_seed(0))
+    greedy = generate(model, prompt, 61)
+    spec, stats = speculative_generate(model, prompt, 61)
+    assert torch.equal(spec, greedy)
+    assert stats.accepted == stats.drafted == 45 and stats.forwards == 15  # greedy: 60 after the prompt
 
 
 def test_speculative_decoding_saves_forwards_on_a_trained_model(trained_phrase_model):

@@ -3,14 +3,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.gpt import GPT, GPTConfig, pad_vocab
+from models.config import pad_vocab
+from models.gpt import GPT, GPTConfig
 from models.mtp import all_heads_backward, sequential_heads_backward
+
+# the settings GPTConfig leaves to the stage config (no defaults there)
+SETTINGS = dict(n_kv_head=0, mlp="swiglu", dropout=0.0, tie_embeddings=True, n_future=1)
+
+
+def config(**kw) -> GPTConfig:
+    return GPTConfig(**(SETTINGS | kw))
 
 
 def tiny(**kw) -> GPT:
     torch.manual_seed(0)
-    cfg = dict(vocab_size=97, block_size=32, n_layer=3, n_head=4, n_embd=32, n_future=1)
-    return GPT(GPTConfig(**(cfg | kw)))
+    return GPT(config(**(dict(vocab_size=97, block_size=32, n_layer=3, n_head=4, n_embd=32) | kw)))
 
 
 @pytest.mark.parametrize("kw", [{}, {"n_future": 3},
@@ -32,10 +39,10 @@ def test_shapes(kw):
 
 def test_config_errors_name_the_problem():
     with pytest.raises(ValueError, match="not a multiple of n_head"):
-        GPTConfig(n_embd=30, n_head=4)
+        config(vocab_size=64, block_size=8, n_layer=2, n_embd=30, n_head=4)
     with pytest.raises(ValueError, match="n_kv_head"):
-        GPTConfig(n_head=4, n_kv_head=3, n_embd=32)
-    with pytest.raises(ValueError, match="unknown model config keys"):
+        config(vocab_size=64, block_size=8, n_layer=2, n_head=4, n_kv_head=3, n_embd=32)
+    with pytest.raises(ValueError, match=r"unknown keys \['n_layers'\], missing keys \[.*'vocab_size'"):
         GPTConfig.from_dict({"n_layers": 3})
     assert pad_vocab(50257) == 50304 and pad_vocab(4096) == 4096
 
@@ -113,13 +120,12 @@ def test_memory_saving_order_holds_one_heads_logits_at_a_time():
 
 def test_flops_per_token_matches_the_gpt2_reference():
     with torch.device("meta"):  # shapes only: no memory, no initialization time
-        model = GPT(GPTConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768,
-                              mlp="gelu"))
+        model = GPT(config(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768, mlp="gelu"))
     # nanoGPT's estimate for GPT-2 small: 6 N + 12 L T C, N without position embeddings (~123.6M)
     n_params = model.num_params() - sum(p.numel() for n, p in model.named_parameters() if "norm" in n)
     assert model.flops_per_token(1024) == 6 * n_params + 12 * 12 * 1024 * 768
     assert 850e6 < model.flops_per_token(1024) < 860e6
     with torch.device("meta"):
-        swiglu = GPT(GPTConfig(vocab_size=50304, n_layer=2, n_head=12, n_embd=768))
-        gelu = GPT(GPTConfig(vocab_size=50304, n_layer=2, n_head=12, n_embd=768, mlp="gelu"))
+        swiglu = GPT(config(vocab_size=50304, block_size=1024, n_layer=2, n_head=12, n_embd=768))
+        gelu = GPT(config(vocab_size=50304, block_size=1024, n_layer=2, n_head=12, n_embd=768, mlp="gelu"))
     assert swiglu.num_params() == gelu.num_params()  # 2/3-width SwiGLU keeps the parameter count

@@ -18,6 +18,7 @@ from tasks.core.errors import ConfigError
 from tasks.core.retry import retry_unless_user_error
 from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, RunnerConfig, run_stage
+from tasks.pretrain.data import phrase_tokens, write_token_index
 from tasks.pretrain.stage import (
     LAUNCH_ERROR,
     PretrainConfig,
@@ -25,9 +26,9 @@ from tasks.pretrain.stage import (
     launch_command,
     main,
     STAGE,
+    pretrain_key_inputs,
     run_pretrain,
 )
-from tasks.pretrain.loop import phrase_tokens, write_token_index
 
 VOCAB = 200  # the model pads it to 256
 REPO = Path(__file__).resolve().parents[3]
@@ -168,3 +169,28 @@ def test_launch_command_and_task():
 
     task = prefect_task(STAGE)
     assert STAGE.resumable and task.retries == 2 and task.retry_condition_fn is retry_unless_user_error
+
+
+def test_warm_start_key_holds_the_init_weights_digest(finished, tmp_path):
+    """The store key must change when the model init_from points at is retrained: the lead attaches
+    pretrain_key_inputs as run_pretrain.key_inputs."""
+    result, ctx = finished
+    model_dir = Path(result.uri) / "model"
+    key = pretrain_key_inputs(stage_config(init_from=str(model_dir)), ctx)
+    digest = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert key == {"init_from_sha256": digest}
+    assert pretrain_key_inputs(stage_config(), ctx) == {}
+    with pytest.raises(ConfigError, match="init_from: .*does not exist"):
+        pretrain_key_inputs(stage_config(init_from=str(tmp_path)), ctx)
+
+
+def test_warm_start_through_the_stage(finished, tokens, tmp_path):
+    result, _ = finished
+    cfg = stage_config(init_from=str(Path(result.uri) / "model"), max_steps=5, eval_every=0,
+                       checkpoint_every=0)
+    warm = run_pretrain({"tokenize": tokens}, str(tmp_path / "warm"), cfg, context(tmp_path))
+    assert warm.stats["steps"] == 5
+    # five steps from scratch leave the loss near log(256) = 5.5; warm, it goes on from the trained model's
+    assert warm.stats["val_loss"] < result.stats["val_loss"] + 0.3
+    lineage = json.loads((tmp_path / "warm" / "model" / "lineage.json").read_text())
+    assert lineage["init_from"]["model_dir"] == cfg.init_from
