@@ -7,8 +7,8 @@ address and "0.999999999" a phone number. The rules below say why each such span
 
 - NER spans (PERSON, LOCATION, ...) are kept only when they look like names: capitalized words, no
   digits, underscores, brackets or dotted identifiers, not CamelCase or ALL CAPS, not glued to code
-  (`obj.Name`, `Name(`), not made only of Python keywords, builtins, technical terms or verbs
-  ("Convert", "Returns None"); inside code (doctest lines, statements, fenced or `inline` code) a name
+  (`obj.Name`, `Name(`), not a heading ("Numeric Types" over "~~~~"), not made only of Python keywords,
+  builtins, technical terms, verbs or adverbs ("Convert", "Returns None", "Manually"); inside code (doctest lines, statements, fenced or `inline` code) a name
   needs two words ("Jane Doe" in a comment still counts).
 - IP addresses that identify no host are dropped: unspecified (0.0.0.0, ::), loopback, "this network"
   (0.x.x.x) and netmasks (255.255.255.0).
@@ -46,6 +46,7 @@ DECIMAL = re.compile(r"^\D{0,3}\d+\.\d+\D{0,2}$")  # one dot: 0.999999999, 31.01
 DOTTED_QUAD = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")  # 255.255.255.0: an address or a mask, no phone
 BARE_DIGITS = re.compile(r"^\(?\d+\)?$")  # no separator, no "+": an integer unless a context word says so
 WORD_SPLIT = re.compile(r"\s+")
+HEADING_RULE = re.compile(r"^([=\-*~^#+])\1+$")
 
 
 class Region(NamedTuple):
@@ -65,11 +66,13 @@ def technical_terms() -> frozenset[str]:
 
 
 def verb_lemmas(nlp) -> frozenset[str]:
-    """English verbs from a spaCy pipeline's rule lemmatizer tables (WordNet's verb index); empty when
-    the pipeline has none. Docstrings open with imperative verbs that NER takes for names."""
+    """English verbs and adverbs from a spaCy pipeline's rule lemmatizer tables (WordNet's indexes);
+    empty when the pipeline has none. Docstrings open with imperative verbs ("Convert", "Returns") and
+    adverbs ("Manually") that NER takes for names. Not nouns or adjectives: those indexes hold names
+    (smith, london; brown, lee)."""
     try:
-        lemmatizer = nlp.get_pipe("lemmatizer")
-        return frozenset(lemmatizer.lookups.get_table("lemma_index")["verb"])
+        index = nlp.get_pipe("lemmatizer").lookups.get_table("lemma_index")
+        return frozenset(index["verb"]) | frozenset(index["adv"])
     except (KeyError, AttributeError, ValueError):
         return frozenset()
 
@@ -122,7 +125,7 @@ class NameFilter:
         words = [w for w in WORD_SPLIT.split(value) if w]
         if not words or any(not self._word_ok(w) for w in words):
             return False
-        if in_code and len(words) < 2:
+        if (in_code and len(words) < 2) or _heading(text, start, end):
             return False
         return any(self._name_like(w) for w in words)
 
@@ -143,6 +146,17 @@ class NameFilter:
             return False
         stems = _inflections(lower)
         return not any(s in self.terms or s in self.verbs for s in stems)
+
+
+def _heading(text: str, start: int, end: int) -> bool:
+    """A reST heading: the span fills its line and the next line underlines it ("~~~~", "****")."""
+    line_start = text.rfind("\n", 0, start) + 1
+    line_end = text.find("\n", end)
+    if line_end < 0 or text[line_start:start].strip() or text[end:line_end].strip():
+        return False
+    next_end = text.find("\n", line_end + 1)
+    below = text[line_end + 1:len(text) if next_end < 0 else next_end].strip()
+    return len(below) >= 3 and HEADING_RULE.match(below) is not None
 
 
 def _dotted_identifier(value: str) -> bool:

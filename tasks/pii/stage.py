@@ -935,13 +935,15 @@ def pii_report_markdown(stats: dict[str, Any]) -> str:
 def _eval_markdown(measured: dict[str, Any] | None) -> list[str]:
     if not measured:
         return []
-    lines = ["", f"Measured on the labeled evaluation set ({measured['texts']} texts, `tasks/pii/eval/"
-                 f"{measured['set']}`), with this config:", "",
-             "| entity | precision | recall | gold spans |", "|---|---:|---:|---:|"]
-    fmt = "{:.3f}".format
-    return lines + [f"| {e} | {fmt(r['precision']) if r['precision'] is not None else '-'} | "
-                    f"{fmt(r['recall']) if r['recall'] is not None else '-'} | {r['gold']} |"
+    title = (f"Measured on the labeled evaluation set ({measured['texts']} texts, "
+             f"`tasks/pii/eval/{measured['set']}`), with this config:")
+    lines = ["", title, "", "| entity | precision | recall | gold spans |", "|---|---:|---:|---:|"]
+    return lines + [f"| {e} | {_ratio(r['precision'])} | {_ratio(r['recall'])} | {r['gold']} |"
                     for e, r in measured["per_entity"].items()]
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def pii_key(cfg: PiiConfig, ctx: RunContext) -> dict[str, Any]:
