@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from bench.common import shared_data
+from tasks.pii.evalset import format_table, load_eval_set, score_spans
 from tasks.pii.stage import (
     DEFAULT_PATTERN_ENTITIES,
     PiiConfig,
@@ -354,6 +355,35 @@ def bench_ner(docs, threshold: float, model: str, batch_size: int) -> dict:
             "docs_per_s": rates, "quality": {name: score(spans[name], docs) for name in spans}}
 
 
+def bench_eval_set(threshold: float, model: str | None, batch_size: int) -> dict:
+    """Precision and recall per entity on the shipped labeled set: ours with and without the precision
+    filters, and presidio's batch engine with the same entities and NLP setting."""
+    records = load_eval_set()
+    texts, gold = [r["text"] for r in records], [r["spans"] for r in records]
+    entities = list(PATTERN_TYPES) + (["PERSON", "LOCATION"] if model else [])
+    runners = {"ours": ours(PiiEngine(PiiConfig(nlp_model=model, score_threshold=threshold))),
+               "ours_without_filters": ours(PiiEngine(PiiConfig(nlp_model=model, score_threshold=threshold,
+                                                                precision_filters=False))),
+               "presidio_batch_same_entities": presidio(presidio_analyzer(model), threshold, entities,
+                                                         batch_size)}
+    tables = {}
+    for name, run in runners.items():
+        spans = [s for i in range(0, len(texts), batch_size) for s in run(texts[i:i + batch_size])]
+        tables[name] = score_spans(spans, gold, entities)
+    return {"texts": len(records), "nlp": model or "none (patterns only)", "tables": tables}
+
+
+def print_eval_set(r: dict) -> None:
+    print(f"\n[eval set] {r['texts']} labeled texts (tasks/pii/eval/pii_eval.jsonl), NER model: {r['nlp']}")
+    for name, table in r["tables"].items():
+        print(f"  {name}:")
+        for line in format_table(table):
+            print("    " + line)
+    low = [e for e, row in r["tables"]["ours"].items() if row["precision"] is not None and row["precision"] < 0.9]
+    print("  ours: precision >= 0.9 on every entity type" if not low else
+          "  ours: precision BELOW 0.9 on " + ", ".join(low))
+
+
 # ------------------------------------------------------------------------------------------ report
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.3f}"
@@ -459,9 +489,13 @@ def main(argv: list[str] | None = None) -> dict:
           f"({sum(len(t) for _, t in docs)} entities); threshold {args.threshold}")
     results = {"patterns": bench_patterns(docs, args.threshold, args.batch_size)}
     print_patterns(results["patterns"])
+    results["eval_patterns"] = bench_eval_set(args.threshold, None, args.batch_size)
+    print_eval_set(results["eval_patterns"])
     if args.ner_docs and spacy_model_available(args.ner_model):
         results["ner"] = bench_ner(docs[:args.ner_docs], args.threshold, args.ner_model, args.batch_size)
         print_ner(results["ner"])
+        results["eval_ner"] = bench_eval_set(args.threshold, args.ner_model, args.batch_size)
+        print_eval_set(results["eval_ner"])
     elif args.ner_docs:
         print(f"\n[ner] skipped: spaCy model {args.ner_model} is not installed")
     if args.stage_copies:

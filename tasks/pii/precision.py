@@ -11,7 +11,7 @@ address and "0.999999999" a phone number. The rules below say why each such span
   builtins, technical terms, verbs or adverbs ("Convert", "Returns None", "Manually"); inside code (doctest lines, statements, fenced or `inline` code) a name
   needs two words ("Jane Doe" in a comment still counts).
 - IP addresses that identify no host are dropped: unspecified (0.0.0.0, ::), loopback, "this network"
-  (0.x.x.x) and netmasks (255.255.255.0).
+  (0.x.x.x), netmasks (255.255.255.0) and network blocks (10.0.0.0/8; 10.1.2.3/8 stays).
 - Phone numbers that are decimals ("0.999999999"), dotted quads (255.255.255.0) or bare digit runs
   without a context word ("2147483647") are dropped.
 """
@@ -175,13 +175,17 @@ def _glued_to_code(text: str, start: int, end: int) -> bool:
 # ------------------------------------------------------------------------------------- patterns
 def ip_is_host(value: str) -> bool:
     """False for addresses that identify no host: unspecified, loopback, 0.0.0.0/8 and netmasks."""
-    address = value.split("/")[0].strip("[]")
+    address, _, prefix = value.partition("/")
+    address = address.strip("[]")
     try:
         ip = ipaddress.ip_address(address)
+        network = ipaddress.ip_network(value, strict=False) if prefix else None
     except ValueError:
         return True  # presidio validated it its own way; keep it
     if ip.is_unspecified or ip.is_loopback:
         return False
+    if network is not None and network.num_addresses > 1 and ip == network.network_address:
+        return False  # a network block such as 10.0.0.0/8 names no host
     if ip.version == 4 and int(address.split(".")[0]) == 0:
         return False
     return not _netmask(int(ip), ip.max_prefixlen)

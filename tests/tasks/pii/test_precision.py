@@ -95,6 +95,8 @@ def test_true_pattern_pii_is_still_found(engine):
 def test_ip_and_phone_rules():
     assert not ip_is_host("::") and not ip_is_host("0.0.0.0") and not ip_is_host("127.0.0.1")
     assert not ip_is_host("255.255.255.224") and not ip_is_host("0.0.0.31")
+    assert not ip_is_host("10.0.0.0/8") and not ip_is_host("2001:db8::/32")
+    assert ip_is_host("10.1.2.3/8") and ip_is_host("192.0.2.1/32")
     assert ip_is_host("192.0.2.130") and ip_is_host("2001:db8::1/128") and ip_is_host("84.17.3.9")
     assert not phone_is_number("0.999999999", False) and not phone_is_number("2147483647", False)
     assert phone_is_number("2147483647", True) and phone_is_number("(415) 555-0134", False)
