@@ -10,7 +10,7 @@ address and "0.999999999" a phone number. The rules below say why each such span
   (`obj.Name`, `Name(`), not a heading ("Numeric Types" over "~~~~"), not made only of Python keywords,
   builtins, technical terms, verbs or adverbs ("Convert", "Returns None", "Manually"); inside code (doctest lines, statements, fenced or `inline` code) a name
   needs two words ("Jane Doe" in a comment still counts).
-- IP addresses that identify no host are dropped: unspecified (0.0.0.0, ::), loopback, "this network"
+- IP addresses that identify no host are dropped: unspecified (0.0.0.0, ::), localhost, "this network"
   (0.x.x.x), netmasks (255.255.255.0) and network blocks (10.0.0.0/8; 10.1.2.3/8 stays).
 - Phone numbers that are decimals ("0.999999999"), dotted quads (255.255.255.0) or bare digit runs
   without a context word ("2147483647") are dropped.
@@ -49,6 +49,9 @@ WORD_SPLIT = re.compile(r"\s+")
 HEADING_RULE = re.compile(r"^([=\-*~^#+])\1+$")
 
 
+LOCALHOST = frozenset({ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")})
+
+
 class Region(NamedTuple):
     start: int
     end: int
@@ -78,14 +81,19 @@ def verb_lemmas(nlp) -> frozenset[str]:
 
 
 def _inflections(word: str) -> list[str]:
-    """The word and the stems its common English endings could come from (raises -> raise, rais)."""
+    """The word and the stems its regular English endings come from (raises -> raise, pushes -> push,
+    copied -> copy, stopped -> stop); "es" only after s, x, z, ch, sh, so James is not "jam"."""
     stems = [word]
-    for suffix, repl in (("ies", "y"), ("es", ""), ("s", ""), ("ing", ""), ("ing", "e"), ("ed", ""),
-                         ("ed", "e"), ("ied", "y")):
+    for suffix, repl in (("ies", "y"), ("ied", "y"), ("s", ""), ("ing", ""), ("ing", "e"), ("ed", ""),
+                         ("ed", "e")):
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             stems.append(word[:-len(suffix)] + repl)
-    if len(stems) > 1 and len(stems[-1]) > 3 and stems[-1][-1] == stems[-1][-2]:  # stopped -> stop
-        stems.append(stems[-1][:-1])
+    if word.endswith("es") and word[:-2].endswith(("s", "x", "z", "ch", "sh")):
+        stems.append(word[:-2])
+    if word.endswith(("ed", "ing")):
+        stem = word[:-2] if word.endswith("ed") else word[:-3]
+        if len(stem) > 3 and stem[-1] == stem[-2]:
+            stems.append(stem[:-1])
     return stems
 
 
@@ -127,7 +135,7 @@ class NameFilter:
             return False
         if (in_code and len(words) < 2) or _heading(text, start, end):
             return False
-        return any(self._name_like(w) for w in words)
+        return any(self._name_like(w, first=i == 0) for i, w in enumerate(words))
 
     def _word_ok(self, word: str) -> bool:
         """Every word of a name: capitalized (or a particle such as 'van'), not CamelCase or ALL CAPS."""
@@ -138,14 +146,15 @@ class NameFilter:
             return True
         return bool(NAME_WORD.match(word) or NAME_INNER_CAPITAL.match(bare))
 
-    def _name_like(self, word: str) -> bool:
-        """A word that can carry a name: not a particle, keyword, builtin, technical term or verb."""
+    def _name_like(self, word: str, first: bool) -> bool:
+        """A word that can carry a name: not a particle, keyword, builtin or technical term, and not a
+        verb or adverb in first place ("Returns None"; but "Jack White" and "Mark Hill" stay names)."""
         bare = word.rstrip(".,'\u2019")
         lower = bare.lower()
         if lower in NAME_PARTICLES or len(bare) == 1:  # "van", or an initial "J."
             return False
         stems = _inflections(lower)
-        return not any(s in self.terms or s in self.verbs for s in stems)
+        return not any(s in self.terms or (first and s in self.verbs) for s in stems)
 
 
 def _heading(text: str, start: int, end: int) -> bool:
@@ -174,7 +183,8 @@ def _glued_to_code(text: str, start: int, end: int) -> bool:
 
 # ------------------------------------------------------------------------------------- patterns
 def ip_is_host(value: str) -> bool:
-    """False for addresses that identify no host: unspecified, loopback, 0.0.0.0/8 and netmasks."""
+    """False for addresses that identify no host: unspecified, localhost (127.0.0.1, ::1), 0.0.0.0/8,
+    netmasks and network blocks."""
     address, _, prefix = value.partition("/")
     address = address.strip("[]")
     try:
@@ -182,7 +192,7 @@ def ip_is_host(value: str) -> bool:
         network = ipaddress.ip_network(value, strict=False) if prefix else None
     except ValueError:
         return True  # presidio validated it its own way; keep it
-    if ip.is_unspecified or ip.is_loopback:
+    if ip.is_unspecified or ip in LOCALHOST:  # not all of 127/8: a random 127.x.y.z is kept, as presidio does
         return False
     if network is not None and network.num_addresses > 1 and ip == network.network_address:
         return False  # a network block such as 10.0.0.0/8 names no host

@@ -51,6 +51,8 @@ DIGIT_CLUSTER = re.compile(r"\d(?:[\W_]{0,4}\d)*")
 IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d")
 # "::" or "x:xxxx:"; written to open with ":" so the scan is fast
 IPV6_HINT = re.compile(r":(?=:)|(?<=[0-9A-Fa-f]):[0-9A-Fa-f]{1,4}:")
+AT_SIGN = re.compile("@")
+NON_SPACE = re.compile(r"\S*")
 PHONE_WINDOW_MARGIN = 24  # room for a leading "+"/"(" and a trailing extension ("ext. 1234")
 CERTAIN = 1.0  # presidio's score for a checksum-validated match (cards, IBANs): a phone inside it cannot win
 CONTEXT_WINDOW_CHARS = 160  # how far back to look for the context words of a low-score match
@@ -262,6 +264,51 @@ GATES = {
 }
 
 
+def _email_hints(text: str) -> list[int]:
+    return [m.start() for m in AT_SIGN.finditer(text)]
+
+
+def _ip_hints(text: str) -> list[int]:
+    return [m.start() for m in IPV4_HINT.finditer(text)] + [m.start() for m in IPV6_HINT.finditer(text)]
+
+
+# Recognizers whose every match lies inside one whitespace-free token holding a hint ("@"; "1.2.3" or
+# "::"), and whose regexes look at most two characters around a match: running them on those tokens
+# alone (with one character of margin) finds exactly what a run over the whole text finds, and the
+# regexes no longer scan the whole document.
+TOKEN_WINDOWS = {"EmailRecognizer": _email_hints, "IpRecognizer": _ip_hints}
+
+
+def token_windows(text: str, hints: list[int]) -> list[tuple[int, int]]:
+    """Merged (start, end) windows: each whitespace-delimited token holding a hint, plus the whitespace
+    character on either side."""
+    windows: list[list[int]] = []
+    for pos in sorted(hints):
+        if windows and pos < windows[-1][1]:
+            continue
+        lo = pos
+        while lo > 0 and not text[lo - 1].isspace():
+            lo -= 1
+        hi = NON_SPACE.match(text, pos).end()
+        lo, hi = max(0, lo - 1), min(len(text), hi + 1)
+        if windows and lo <= windows[-1][1]:
+            windows[-1][1] = hi
+        else:
+            windows.append([lo, hi])
+    return [(lo, hi) for lo, hi in windows]
+
+
+def run_in_windows(det: Detector, text: str) -> list[Any]:
+    """The recognizer over the token windows of its hints, results placed back in the whole text."""
+    results = []
+    for lo, hi in token_windows(text, det.windows(text)):
+        for r in det.recognizer.analyze(text[lo:hi], [det.entity], None):
+            r.start += lo
+            r.end += lo
+            results.append(r)
+    return results
+
+
 @dataclass
 class Detector:
     """One presidio recognizer, the entity it reports, and how to skip it cheaply."""
@@ -269,6 +316,7 @@ class Detector:
     recognizer: Any  # presidio EntityRecognizer
     entity: str
     gate: Any = None  # (text, clusters) -> bool; None: always run
+    windows: Any = None  # text -> hint positions: run on the tokens holding them only (TOKEN_WINDOWS)
     context: tuple[str, ...] = ()
     # phone numbers: one recognizer per region with the fewest digits a valid number there has
     phone_regions: tuple[tuple[int, Any], ...] = ()
@@ -358,10 +406,12 @@ class PiiEngine:
             elif det.phone_regions:
                 certain = [s for s in found if s.score >= CERTAIN]
                 results = run_phone(det, text, clusters, certain, self.cfg.phone_min_digits)
-            elif det.gate is None or det.gate(text, clusters):
-                results = det.recognizer.analyze(text, [det.entity], None)
-            else:
+            elif det.gate is not None and not det.gate(text, clusters):
                 continue
+            elif det.windows is not None:
+                results = run_in_windows(det, text)
+            else:
+                results = det.recognizer.analyze(text, [det.entity], None)
             if det.phone_regions:
                 min_digits = self.cfg.phone_min_digits
                 results = [r for r in results if longest_digit_run(text[r.start:r.end]) >= min_digits]
@@ -642,7 +692,7 @@ def _detector(recognizer: Any, entity: str, cfg: PiiConfig) -> Detector:
     context = tuple(c.lower().strip() for c in (getattr(recognizer, "context", None) or ()))
     if name == "PhoneRecognizer":
         return Detector(recognizer, entity, context=context, phone_regions=_phone_regions(recognizer))
-    return Detector(recognizer, entity, gate=GATES.get(name), context=context)
+    return Detector(recognizer, entity, gate=GATES.get(name), windows=TOKEN_WINDOWS.get(name), context=context)
 
 
 def _phone_regions(recognizer: Any) -> tuple[tuple[int, Any], ...]:
