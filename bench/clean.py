@@ -32,7 +32,7 @@ from collections import Counter
 from typing import Any
 
 from bench.common import shared_data
-from tasks.clean.stage import CleanConfig, CleanOutcome, clean_document, run_clean, split_passages, strip_markup
+from tasks.clean.stage import STAGE, CleanConfig, CleanOutcome, clean_document, split_passages, strip_markup
 from tasks.core.docs import DocWriter
 from tasks.core.mapstage import UnitWriter, iter_unit_docs, run_map_stage
 from tasks.core.result import StageResult
@@ -281,7 +281,7 @@ def time_stage(root: str, name: str, upstream: StageResult, cfg: CleanConfig, wo
             stats = run_map_stage("clean_baseline", "bench.clean:baseline_unit", upstream.files("docs"),
                                   f"{ctx.store}/clean_baseline/bench", cfg, ctx)[0].stats
         else:
-            stats = run_stage("clean", run_clean, cfg, [upstream], ctx).stats
+            stats = run_stage(STAGE, cfg, {"collect": upstream}, ctx).stats
     finally:
         register_executor(run_id, None)
     return {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,

@@ -43,14 +43,14 @@ def plain_arrow(files: list[str]) -> dict:
 
 
 def llmpipe_collect(files: list[str], workers: int) -> dict:
-    from tasks.collect.stage import CollectConfig, SourceConfig, run_collect
+    from tasks.collect.stage import STAGE, CollectConfig, SourceConfig
     from tasks.core.stage import RunContext, RunnerConfig, run_stage
 
     store = tempfile.mkdtemp(prefix="bench-collect-")
     sources = [SourceConfig(name=f"books{i}", path=f) for i, f in enumerate(files)]
     cfg = CollectConfig(sources=sources, unit_mb=16)
     ctx = RunContext(store=store, pipeline="bench", run_id="bench", runner=RunnerConfig(workers=workers))
-    result = run_stage("collect", run_collect, cfg, [], ctx)
+    result = run_stage(STAGE, cfg, {}, ctx)
     return {"docs": result.stats["docs_out"], "bytes": int(result.stats["counters"]["bytes_in"])}
 
 

@@ -27,6 +27,7 @@ from tasks.core.mapstage import UnitWriter, iter_unit_docs, run_map_stage
 from tasks.core.result import StageResult
 from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
 from tasks.core.units import UnitResult, WorkUnit
+from tasks.pii.precision import NameFilter, code_regions, in_regions, ip_is_host, phone_is_number, verb_lemmas
 
 # Presidio's email and URL recognizers call tldextract, which downloads the public suffix list unless
 # told not to. Its bundled snapshot is enough and runs must stay offline, so say so before it is imported.
@@ -50,6 +51,8 @@ DIGIT_CLUSTER = re.compile(r"\d(?:[\W_]{0,4}\d)*")
 IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d")
 # "::" or "x:xxxx:"; written to open with ":" so the scan is fast
 IPV6_HINT = re.compile(r":(?=:)|(?<=[0-9A-Fa-f]):[0-9A-Fa-f]{1,4}:")
+AT_SIGN = re.compile("@")
+NON_SPACE = re.compile(r"\S*")
 PHONE_WINDOW_MARGIN = 24  # room for a leading "+"/"(" and a trailing extension ("ext. 1234")
 CERTAIN = 1.0  # presidio's score for a checksum-validated match (cards, IBANs): a phone inside it cannot win
 CONTEXT_WINDOW_CHARS = 160  # how far back to look for the context words of a low-score match
@@ -123,6 +126,13 @@ class PiiConfig(StageConfig):
     # become PHONE_NUMBER; a number needs this many digits in one run (extension aside). 0 = presidio's rule.
     phone_min_digits: int = Field(7, ge=0)
     context_enhancement: bool = True  # raise low scores when a context word ("ssn", "phone") is near
+    # drop detections that are not personal data: NER "names" that are code, keywords, technical terms or
+    # verbs ("Python", "False", "Convert"), IPs of no host ("::", 0.0.0.0), decimals taken for phone
+    # numbers; see tasks/pii/precision.py and the precision figures of `python -m bench.pii`
+    precision_filters: bool = True
+    # score this config on the shipped labeled set (tasks/pii/eval/) at start: precision and recall per
+    # entity go to the stats and report.json as `precision_eval` (about a second; NER adds a few)
+    evaluate: bool = True
     prefilter: bool = True  # skip recognizers whose cheap necessary condition fails (off: for checking)
     batch_size: int = Field(64, ge=1)  # documents per NER/analysis batch
     # no `workers` here: the flow sizes its executor once at start, so runner.workers is the one knob
@@ -254,6 +264,51 @@ GATES = {
 }
 
 
+def _email_hints(text: str) -> list[int]:
+    return [m.start() for m in AT_SIGN.finditer(text)]
+
+
+def _ip_hints(text: str) -> list[int]:
+    return [m.start() for m in IPV4_HINT.finditer(text)] + [m.start() for m in IPV6_HINT.finditer(text)]
+
+
+# Recognizers whose every match lies inside one whitespace-free token holding a hint ("@"; "1.2.3" or
+# "::"), and whose regexes look at most two characters around a match: running them on those tokens
+# alone (with one character of margin) finds exactly what a run over the whole text finds, and the
+# regexes no longer scan the whole document.
+TOKEN_WINDOWS = {"EmailRecognizer": _email_hints, "IpRecognizer": _ip_hints}
+
+
+def token_windows(text: str, hints: list[int]) -> list[tuple[int, int]]:
+    """Merged (start, end) windows: each whitespace-delimited token holding a hint, plus the whitespace
+    character on either side."""
+    windows: list[list[int]] = []
+    for pos in sorted(hints):
+        if windows and pos < windows[-1][1]:
+            continue
+        lo = pos
+        while lo > 0 and not text[lo - 1].isspace():
+            lo -= 1
+        hi = NON_SPACE.match(text, pos).end()
+        lo, hi = max(0, lo - 1), min(len(text), hi + 1)
+        if windows and lo <= windows[-1][1]:
+            windows[-1][1] = hi
+        else:
+            windows.append([lo, hi])
+    return [(lo, hi) for lo, hi in windows]
+
+
+def run_in_windows(det: Detector, text: str) -> list[Any]:
+    """The recognizer over the token windows of its hints, results placed back in the whole text."""
+    results = []
+    for lo, hi in token_windows(text, det.windows(text)):
+        for r in det.recognizer.analyze(text[lo:hi], [det.entity], None):
+            r.start += lo
+            r.end += lo
+            results.append(r)
+    return results
+
+
 @dataclass
 class Detector:
     """One presidio recognizer, the entity it reports, and how to skip it cheaply."""
@@ -261,6 +316,7 @@ class Detector:
     recognizer: Any  # presidio EntityRecognizer
     entity: str
     gate: Any = None  # (text, clusters) -> bool; None: always run
+    windows: Any = None  # text -> hint positions: run on the tokens holding them only (TOKEN_WINDOWS)
     context: tuple[str, ...] = ()
     # phone numbers: one recognizer per region with the fewest digits a valid number there has
     phone_regions: tuple[tuple[int, Any], ...] = ()
@@ -307,6 +363,7 @@ class PiiEngine:
         self.operators = build_operators(cfg, self.plan)
         self.stop_words = _stop_words(cfg.language) if cfg.context_enhancement else frozenset()
         self.ner = NerModel(self.plan, cfg.language) if (load_ner and self.plan.ner_model) else None
+        self.names = NameFilter(self.ner.verbs if self.ner else frozenset()) if cfg.precision_filters else None
         from presidio_anonymizer import AnonymizerEngine
 
         self.anonymizer = AnonymizerEngine()
@@ -314,14 +371,31 @@ class PiiEngine:
     # detection ------------------------------------------------------------------------------------
     def detect(self, text: str, ner_spans: list[Span] = ()) -> list[Span]:
         """Non-overlapping spans above threshold, sorted by start."""
-        kept = []
-        for span in self._candidates(text, list(ner_spans)):
+        kept, code = [], None
+        trimmed = [t for t in (_trimmed(text, s) for s in ner_spans) if t.end > t.start]
+        for span in self._candidates(text, trimmed):
             threshold = self.thresholds[span.entity]
             if span.score < threshold and self.cfg.context_enhancement:
                 span = self._boost(text, span)
-            if span.score > 0 and span.score >= threshold and not self._allowed(text, span):
-                kept.append(span)
+            if span.score <= 0 or span.score < threshold or self._allowed(text, span):
+                continue
+            if self.names is not None:
+                if span.source == "ner" and code is None:
+                    code = code_regions(text)  # only documents with NER spans pay for it
+                if not self._plausible(text, span, code):
+                    continue
+            kept.append(span)
         return merge_overlaps(kept)
+
+    def _plausible(self, text: str, span: Span, code: list | None) -> bool:
+        """The precision filters (tasks/pii/precision.py): is this span personal data at all?"""
+        if span.source == "ner":
+            return self.names.keep(text, span.start, span.end, in_regions(span.start, span.end, code))
+        if span.entity == "IP_ADDRESS":
+            return ip_is_host(text[span.start:span.end])
+        if span.entity == "PHONE_NUMBER":
+            return phone_is_number(text[span.start:span.end], self._has_context(text, span))
+        return True
 
     def _candidates(self, text: str, found: list[Span]) -> list[Span]:
         """Every recognizer's raw spans, skipping the recognizers whose gate says they cannot match."""
@@ -332,10 +406,12 @@ class PiiEngine:
             elif det.phone_regions:
                 certain = [s for s in found if s.score >= CERTAIN]
                 results = run_phone(det, text, clusters, certain, self.cfg.phone_min_digits)
-            elif det.gate is None or det.gate(text, clusters):
-                results = det.recognizer.analyze(text, [det.entity], None)
-            else:
+            elif det.gate is not None and not det.gate(text, clusters):
                 continue
+            elif det.windows is not None:
+                results = run_in_windows(det, text)
+            else:
+                results = det.recognizer.analyze(text, [det.entity], None)
             if det.phone_regions:
                 min_digits = self.cfg.phone_min_digits
                 results = [r for r in results if longest_digit_run(text[r.start:r.end]) >= min_digits]
@@ -344,15 +420,18 @@ class PiiEngine:
 
     def _boost(self, text: str, span: Span) -> Span:
         """Presidio's context rule without a spaCy pass: a context word among the words before the match."""
-        context = self._context_of(span.entity)
-        if not context:
-            return span
-        before = text[max(0, span.start - CONTEXT_WINDOW_CHARS):span.end].lower()
-        words = [w for w in WORD.findall(before) if w not in self.stop_words][-(CONTEXT_WORDS + 1):]
-        if any(c in w for c in context for w in words):
+        if self._has_context(text, span):
             score = min(1.0, max(span.score + CONTEXT_BOOST, CONTEXT_MIN_SCORE))
             return span._replace(score=score)
         return span
+
+    def _has_context(self, text: str, span: Span) -> bool:
+        context = self._context_of(span.entity)
+        if not context:
+            return False
+        before = text[max(0, span.start - CONTEXT_WINDOW_CHARS):span.end].lower()
+        words = [w for w in WORD.findall(before) if w not in self.stop_words][-(CONTEXT_WORDS + 1):]
+        return any(c in w for c in context for w in words)
 
     def _context_of(self, entity: str) -> tuple[str, ...]:
         if not self.cfg.context_enhancement:
@@ -405,6 +484,13 @@ class PiiEngine:
         by_value = dict(zip(unique, outcomes[len(docs):]))
         return [_document_outcome(text_outcome, meta, values, by_value)
                 for text_outcome, meta, values in zip(outcomes[:len(docs)], metas, strings)]
+
+
+def _trimmed(text: str, span: Span) -> Span:
+    """An NER span without the whitespace spaCy sometimes includes ("False\\n\\n   ")."""
+    value = text[span.start:span.end]
+    lead = len(value) - len(value.lstrip())
+    return span._replace(start=span.start + lead, end=span.start + len(value.rstrip()))
 
 
 def _document_outcome(text_outcome: DocOutcome, meta: Any, values: list[str],
@@ -606,7 +692,7 @@ def _detector(recognizer: Any, entity: str, cfg: PiiConfig) -> Detector:
     context = tuple(c.lower().strip() for c in (getattr(recognizer, "context", None) or ()))
     if name == "PhoneRecognizer":
         return Detector(recognizer, entity, context=context, phone_regions=_phone_regions(recognizer))
-    return Detector(recognizer, entity, gate=GATES.get(name), context=context)
+    return Detector(recognizer, entity, gate=GATES.get(name), windows=TOKEN_WINDOWS.get(name), context=context)
 
 
 def _phone_regions(recognizer: Any) -> tuple[tuple[int, Any], ...]:
@@ -697,6 +783,7 @@ class NerModel:
                             "such as en_core_web_lg")
         needed = {"ner"} | {name for name, pipe in self.nlp.pipeline
                             if "ner" in (getattr(pipe, "listening_components", None) or [])}
+        self.verbs = verb_lemmas(self.nlp)  # its lemmatizer's verb list, for the precision filters
         # tagger, parser and lemmatizer cost more than NER itself and add nothing to entity spans
         self.nlp.select_pipes(enable=[n for n in self.nlp.pipe_names if n in needed])
         ner_config = NerModelConfiguration()
@@ -810,15 +897,31 @@ def _bucket(n: int) -> str:
 def run_pii(inputs: Inputs, out_uri: str, cfg: PiiConfig, ctx: RunContext) -> StageOutput:
     """Stage entry point: detect and anonymize PII in every upstream document shard."""
     plan = plan_pii(cfg)
-    PiiEngine(cfg, plan, load_ner=False)  # config errors (regexes, entities, missing salt) fail here, once
+    engine = PiiEngine(cfg, plan, load_ner=False)  # config errors (regexes, entities, salt) fail here, once
     if plan.warning:
         log.warning("!!! PII WARNING !!! %s", plan.warning)
+    measured = measure_on_eval_set(cfg, plan, engine) if cfg.evaluate else None
     docs = inputs["dedup"].files("docs")
     out, _ = run_map_stage("pii", "tasks.pii.stage:pii_unit", docs, out_uri, cfg, ctx,
                            extra={"ner_model": plan.ner_model})
-    stats = summarize(out.stats, plan, cfg)
+    stats = {**summarize(out.stats, plan, cfg), "precision_eval": measured}
     ctx.open_store().write_json(f"{out_uri}/report.json", pii_report(stats))
     return StageOutput(outputs={**out.outputs, "report": "report.json"}, stats=stats)
+
+
+def measure_on_eval_set(cfg: PiiConfig, plan: PiiPlan, engine: PiiEngine) -> dict[str, Any]:
+    """Precision and recall per entity of this config on the shipped labeled set (counts only)."""
+    from tasks.pii.evalset import EVAL_SET, evaluate_engine, format_table, load_eval_set
+
+    if plan.ner_model:
+        engine = get_engine(cfg)  # with the NER model; reused if units run in this process
+    records = load_eval_set()
+    table = evaluate_engine(engine, records, cfg.batch_size)
+    log.info("pii: on the evaluation set (%d texts):\n  %s", len(records), "\n  ".join(format_table(table)))
+    low = sorted(e for e, r in table.items() if r["precision"] is not None and r["precision"] < 0.9)
+    if low:
+        log.warning("pii: precision below 0.9 on the evaluation set for %s", ", ".join(low))
+    return {"texts": len(records), "set": EVAL_SET.name, "ner_model": plan.ner_model, "per_entity": table}
 
 
 def summarize(stats: dict[str, Any], plan: PiiPlan, cfg: PiiConfig) -> dict[str, Any]:
@@ -845,7 +948,7 @@ def _pop_group(counters: dict[str, float], prefix: str) -> dict[str, int]:
 REPORT_KEYS = ("docs_in", "docs_out", "quarantined", "quarantine_reasons", "dropped", "balanced",
                "ner_enabled", "ner_model", "warning", "entities", "operators", "entity_counts",
                "docs_with_entity", "docs_with_pii", "pii_spans", "spans_per_doc", "meta_spans",
-               "docs_with_meta_pii")
+               "docs_with_meta_pii", "precision_eval")
 
 
 def pii_report(stats: dict[str, Any]) -> dict[str, Any]:
@@ -875,7 +978,22 @@ def pii_report_markdown(stats: dict[str, Any]) -> str:
               "|---|---:|---:|---|"]
     lines += [f"| {r['entity']} | {r['spans']} | {r['documents']} | {r['operator']} |"
               for r in pii_entity_rows(stats)]
+    lines += _eval_markdown(stats.get("precision_eval"))
     return "\n".join(lines) + "\n"
+
+
+def _eval_markdown(measured: dict[str, Any] | None) -> list[str]:
+    if not measured:
+        return []
+    title = (f"Measured on the labeled evaluation set ({measured['texts']} texts, "
+             f"`tasks/pii/eval/{measured['set']}`), with this config:")
+    lines = ["", title, "", "| entity | precision | recall | gold spans |", "|---|---:|---:|---:|"]
+    return lines + [f"| {e} | {_ratio(r['precision'])} | {_ratio(r['recall'])} | {r['gold']} |"
+                    for e, r in measured["per_entity"].items()]
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def pii_key(cfg: PiiConfig, ctx: RunContext) -> dict[str, Any]:

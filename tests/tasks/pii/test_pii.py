@@ -140,10 +140,10 @@ def test_ssn_without_separators_needs_a_context_word(engine):
 
 
 def test_prose_years_are_not_phone_numbers(engine):
-    # python-phonenumbers accepts German pager numbers like 1648; presidio's rule (phone_min_digits=0)
-    # keeps them
+    # python-phonenumbers accepts German pager numbers like 1648; presidio's rule (phone_min_digits=0,
+    # and no precision filter for bare digit runs) keeps them
     assert engine.detect("In 1648 the treaty was signed.") == []
-    loose = PiiEngine(PiiConfig(nlp_model=None, phone_min_digits=0))
+    loose = PiiEngine(PiiConfig(nlp_model=None, phone_min_digits=0, precision_filters=False))
     assert [s.entity for s in loose.detect("In 1648 the treaty was signed.")] == ["PHONE_NUMBER"]
 
 
