@@ -251,8 +251,9 @@ class ProgressPrinter:
         if "tokens" in stats:
             extra.append(f"tokens {stats['tokens']:,}")
         if stats.get("val_loss") is not None:
-            extra.append(f"val loss {stats['val_loss']:.3f} nats (a unigram model: "
-                         f"{stats.get('val_unigram_baseline_nats') or float('nan'):.3f})")
+            extra.append(f"val loss {stats['val_loss']:.3f} nats (unigram model: "
+                         f"{stats.get('val_unigram_baseline_nats') or float('nan'):.3f}, Kneser-Ney bigram: "
+                         f"{stats.get('val_bigram_baseline_nats') or float('nan'):.3f})")
         counts = "; ".join([c for c in [counts] + extra if c])
         err = f"  {info.get('error', '')}" if info["status"] == "failed" else ""
         print(f"  {stage:<9} {info['status']:<15} {info.get('seconds', 0):7.1f}s  {counts}{err}", flush=True)

@@ -156,7 +156,11 @@ def run_pretrain(inputs: Inputs, out_uri: str, cfg: PretrainConfig, ctx: RunCont
     else:
         from tasks.pretrain.lm import train
 
-        summary = train(train_cfg, emit=emit)
+        def on_step(trainer) -> None:  # the Prefect UI's progress artifact, a few dozen updates a run
+            if trainer.step % max(1, trainer.total_steps // 50) == 0 or trainer.step == trainer.total_steps:
+                ctx.progress("pretrain", "training steps", trainer.step, trainer.total_steps)
+
+        summary = train(train_cfg, emit=emit, on_step=on_step)
     png = write_loss_curve(out_dir)
     outputs = {"model": "model/model.safetensors", "model_config": "model/config.json",
                "model_metrics": "model/metrics.json", "lineage": "model/lineage.json",
