@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -123,9 +124,10 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def packed(corpus):
     root, _, upstream = corpus
-    return tokenize(root, upstream, val_fraction=0.2, shard_tokens=20_000)
+    return tokenize(root, upstream, val_fraction=0.2, shard_tokens=20_000, unit_bytes=UNIT_BYTES)
 
 
+UNIT_BYTES = 120_000  # the corpus (~400 KB of text in 3 Parquet shards) packs in a few units
 def test_round_trip_on_varied_unicode(packed):
     tok = Tokenizer.from_file(packed.files("tokenizer")[0])
     texts = VARIED + ["".join(VARIED), "x" * 20_000, "   ", ""]
@@ -164,16 +166,18 @@ def test_index_and_shards_are_consistent(tmp_path, corpus, packed):
         assert entry["tokens"] == sum(s["tokens"] for s in entry["shards"])
         assert entry["docs"] == sum(s["docs"] for s in entry["shards"])
         assert entry["docs"] == packed.stats["docs_by_split"][split]
+        names = [s["file"] for s in entry["shards"]]
+        assert all(re.fullmatch(rf"{split}-u\d{{5}}-\d{{4}}\.bin", n) for n in names) and names == sorted(names)
         for k, shard in enumerate(entry["shards"]):
-            assert shard["file"] == f"{split}-{k:05d}.bin"
             tokens = np.fromfile(index_path.parent / shard["file"], dtype=dtype)
             assert tokens.size == shard["tokens"] and tokens[-1] == index["eot_id"]
             eots = np.flatnonzero(tokens == index["eot_id"])
             assert eots.size == shard["docs"]  # literal "<|endoftext|>" in text never became an eot id
-            if k < len(entry["shards"]) - 1:  # closed right after the document that reached the limit
-                last_doc_start = eots[-2] + 1 if eots.size > 1 else 0
-                assert tokens.size >= 20_000 > last_doc_start
-    assert len(index["splits"]["train"]["shards"]) > 2
+            unit, number = shard["file"].split("-")[1:]
+            if f"{split}-{unit}-{int(number[:4]) + 1:04d}.bin" in names:  # not the unit's last shard: closed
+                last_doc_start = eots[-2] + 1 if eots.size > 1 else 0  # right after the document that
+                assert tokens.size >= 20_000 > last_doc_start  # reached the limit
+    assert len(index["splits"]["train"]["shards"]) > 2 and packed.stats["units"] >= 3
     assert index["documents"] == packed.stats["docs"] == packed.stats["docs_out"] == len(corpus[1])
     on_disk = sorted(p.name for p in index_path.parent.iterdir())
     listed = sorted([Path(f).name for f in packed.outputs["tokens"]] + ["index.json"])
@@ -190,7 +194,7 @@ def test_index_and_shards_are_consistent(tmp_path, corpus, packed):
 def test_output_is_deterministic_and_independent_of_batching(tmp_path, corpus, packed):
     _, _, upstream = corpus
     again = tokenize(tmp_path, upstream, val_fraction=0.2, shard_tokens=20_000, batch_docs=3,
-                     batch_bytes=5000)
+                     batch_bytes=5000, unit_bytes=UNIT_BYTES)
     for rel in ["tokenizer.json", *packed.outputs["tokens"]]:
         assert Path(again.uri, rel).read_bytes() == Path(packed.uri, rel).read_bytes(), rel
 
@@ -325,7 +329,7 @@ def test_append_tokenizes_only_new_docs_with_the_earlier_tokenizer(tmp_path, cor
         n_old = len(old["splits"][split]["shards"])
         files = [s["file"] for s in new["splits"][split]["shards"]]
         assert all(f.startswith("../../") for f in files[:n_old])
-        assert files[n_old:] == [f"{split}-{k:05d}.bin" for k in range(n_old, len(files))]
+        assert files[n_old:] == [f"{split}-u00000-{k:04d}.bin" for k in range(len(files) - n_old)]
     assert new["documents"] == len(docs) + len(new_docs)
     # the same as tokenizing old + new documents in one run with that tokenizer
     full = tokenize(tmp_path, write_upstream(tmp_path, "all", docs + new_docs), val_fraction=0.2,
