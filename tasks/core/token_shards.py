@@ -129,7 +129,7 @@ def write_index(path: str | os.PathLike, *, dtype: np.dtype, vocab_size: int, eo
         "tokenizer_sha256": tokenizer_sha256,
         "splits": {
             name: {"tokens": sum(s["tokens"] for s in shards), "docs": sum(s["docs"] for s in shards),
-                   "shards": shards}
+                   "shards": [_entry(s) for s in shards]}
             for name, shards in splits.items()
         },
         **(extra or {}),
@@ -139,6 +139,13 @@ def write_index(path: str | os.PathLike, *, dtype: np.dtype, vocab_size: int, eo
     tmp.write_text(json.dumps(index, indent=2))
     os.replace(tmp, path)
     return index
+
+
+def _entry(shard: dict[str, Any]) -> dict[str, Any]:
+    """One key order, whatever JSON round trip the entry made (a resumed unit's marker sorts keys), so
+    index.json is the same bytes for the same shards."""
+    return {"file": shard["file"], "tokens": shard["tokens"], "docs": shard["docs"],
+            **{k: v for k, v in sorted(shard.items()) if k not in ("file", "tokens", "docs")}}
 
 
 def read_index(path: str | os.PathLike) -> dict[str, Any]:
