@@ -210,7 +210,9 @@ def cut_text(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """Streamed: shards run to hundreds of MB, and a whole-file read would hold them in memory."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _publish(src_or_tok: Path | Tokenizer, target: Path) -> None:
