@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from tasks.core.errors import UserError
+
 FORMAT = "llmpipe-tokens/1"
+
+
+class TokenRangeError(UserError):
+    """A shard holds an id the vocabulary does not have: the file changed on disk after it was written."""
 
 
 def dtype_for_vocab(vocab_size: int, requested: str = "auto") -> np.dtype:
@@ -40,14 +46,18 @@ class ShardWriter:
     """Appends token arrays to `<split>-NNNNN.bin` files of at most `max_tokens` tokens each.
 
     A shard is written under a temporary name and renamed when full or closed, so a killed run never
-    leaves a file that looks finished. `shards` lists the finished ones for the index.
+    leaves a file that looks finished. `shards` lists the finished ones for the index. With `stem`,
+    names are `<split>-<stem>-NNNN.bin` (the tokenize stage's work unit), so units never share a name.
+    With `vocab_size`, every id is checked before it is written: an id outside the vocabulary is a bug
+    upstream, and a model would only fail on it much later, far from its cause.
     """
 
     def __init__(self, out_dir: str | os.PathLike, split: str, dtype: np.dtype, max_tokens: int = 1 << 28,
-                 first_index: int = 0):
+                 first_index: int = 0, stem: str | None = None, vocab_size: int | None = None):
         self.out_dir, self.split, self.dtype = Path(out_dir), split, np.dtype(dtype)
         self.max_tokens = max_tokens
         self.next_index = first_index
+        self.stem, self.vocab_size = stem, vocab_size
         self.shards: list[dict[str, Any]] = []
         self._fh = None
         self._tokens = self._docs = 0
@@ -63,6 +73,8 @@ class ShardWriter:
         """Add a run of tokens (one or more whole documents, end-of-text included)."""
         if self._fh is None:
             self._open()
+        if self.vocab_size is not None:
+            _check_ids_to_write(tokens, self.vocab_size, self.out_dir / self._name, self._tokens)
         arr = np.ascontiguousarray(tokens, dtype=self.dtype)
         arr.tofile(self._fh)
         self._tokens += arr.size
@@ -71,7 +83,8 @@ class ShardWriter:
             self._close_shard()
 
     def _open(self) -> None:
-        self._name = f"{self.split}-{self.next_index:05d}.bin"
+        self._name = (f"{self.split}-{self.stem}-{self.next_index:04d}.bin" if self.stem
+                      else f"{self.split}-{self.next_index:05d}.bin")
         self._tmp = self.out_dir / f".{self._name}.tmp-{uuid.uuid4().hex[:8]}"
         self._fh = open(self._tmp, "wb")  # noqa: SIM115 - stays open across append() calls
         self._tokens = self._docs = 0
@@ -93,6 +106,20 @@ class ShardWriter:
         return list(self.shards)
 
 
+def _check_ids_to_write(tokens: np.ndarray, vocab_size: int, shard: Path, offset: int) -> None:
+    """Refuse ids outside [0, vocab_size) before they reach a shard (checked on the caller's ids, before
+    any cast to the shard dtype could wrap them)."""
+    tokens = np.asarray(tokens)
+    if tokens.size == 0:
+        return
+    bad = (tokens >= vocab_size) | (tokens < 0) if tokens.dtype.kind == "i" else tokens >= vocab_size
+    if bad.any():
+        pos = int(np.argmax(bad))
+        raise ValueError(f"{shard}: token id {int(tokens[pos])} at position {offset + pos} is outside the "
+                         f"vocabulary of {vocab_size} ids; the tokenizer produced an id it does not own "
+                         "(a bug: report it with the tokenizer.json used). The shard is not published.")
+
+
 def write_index(path: str | os.PathLike, *, dtype: np.dtype, vocab_size: int, eot_id: int,
                 tokenizer_sha256: str, splits: dict[str, list[dict[str, Any]]],
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -102,7 +129,7 @@ def write_index(path: str | os.PathLike, *, dtype: np.dtype, vocab_size: int, eo
         "tokenizer_sha256": tokenizer_sha256,
         "splits": {
             name: {"tokens": sum(s["tokens"] for s in shards), "docs": sum(s["docs"] for s in shards),
-                   "shards": shards}
+                   "shards": [_entry(s) for s in shards]}
             for name, shards in splits.items()
         },
         **(extra or {}),
@@ -112,6 +139,13 @@ def write_index(path: str | os.PathLike, *, dtype: np.dtype, vocab_size: int, eo
     tmp.write_text(json.dumps(index, indent=2))
     os.replace(tmp, path)
     return index
+
+
+def _entry(shard: dict[str, Any]) -> dict[str, Any]:
+    """One key order, whatever JSON round trip the entry made (a resumed unit's marker sorts keys), so
+    index.json is the same bytes for the same shards."""
+    return {"file": shard["file"], "tokens": shard["tokens"], "docs": shard["docs"],
+            **{k: v for k, v in sorted(shard.items()) if k not in ("file", "tokens", "docs")}}
 
 
 def read_index(path: str | os.PathLike) -> dict[str, Any]:
@@ -133,8 +167,9 @@ def read_index(path: str | os.PathLike) -> dict[str, Any]:
     return index
 
 
-def _map_shard(index_path: Path, entry: dict[str, Any], dtype: np.dtype) -> np.memmap:
-    """Memory-map one shard, checking that its size is the token count the index gives it."""
+def _map_shard(index_path: Path, entry: dict[str, Any], dtype: np.dtype, vocab_size: int) -> np.memmap:
+    """Memory-map one shard, checking that its size is the token count the index gives it and that
+    every id is in the vocabulary (`check_shard_ids`)."""
     path = index_path.parent / entry["file"]
     if not path.is_file():
         raise ValueError(f"{index_path} lists {path}, which is missing; copy the whole token directory "
@@ -144,11 +179,41 @@ def _map_shard(index_path: Path, entry: dict[str, Any], dtype: np.dtype) -> np.m
         raise ValueError(f"{path} holds {path.stat().st_size} bytes, but {index_path} says {entry['tokens']} "
                          f"{dtype.name} tokens ({expected} bytes): the shard or the index is from another "
                          "run or was cut short; run the tokenize stage again")
-    return np.memmap(path, dtype=dtype, mode="r")
+    arr = np.memmap(path, dtype=dtype, mode="r")
+    check_shard_ids(path, arr, vocab_size, index_path)
+    return arr
+
+
+# shards whose ids were found in range, by (path, size, mtime_ns, vocab size): a process that opens the
+# same split again (train, then val loss, then unigram counts) reads each shard once
+_IDS_CHECKED: set[tuple[str, int, int, int]] = set()
+
+
+def check_shard_ids(path: Path, arr: np.ndarray, vocab_size: int, index_path: Path) -> None:
+    """Every id of a shard must be below the vocabulary size, or the model's embedding lookup fails far
+    from the cause (an IndexError, or a device-side assert on a GPU). One max over the memory map."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, int(vocab_size))
+    if key in _IDS_CHECKED:
+        return
+    if arr.size and int(arr.max()) >= vocab_size:
+        pos = int(np.argmax(arr >= vocab_size))
+        raise TokenRangeError(
+            f"{path}: token id {int(arr[pos])} at position {pos:,} (of {arr.size:,}) is not below the "
+            f"vocabulary size {vocab_size} that {index_path} gives: the shard changed on disk after the "
+            "tokenize stage wrote it (a flipped bit, an overwritten or mixed-up file). Run `llmpipe verify "
+            "<pipeline>`: it finds the shard's SHA-256 no longer matches and withdraws the tokenize output, "
+            "so the next run of the pipeline re-tokenizes only the damaged shards' units. Or restore the "
+            "token directory from a copy.")
+    _IDS_CHECKED.add(key)
 
 
 class TokenSplit:
-    """One split's shards, memory-mapped, addressed as one long array of tokens."""
+    """One split's shards, memory-mapped, addressed as one long array of tokens.
+
+    Opening checks every shard (size against the index, ids against the vocabulary), so training and
+    evaluation, which open their data through this class or `TokenWindows`, never feed a model a
+    damaged shard; a `TokenRangeError` (a UserError) names the file, the id and its position."""
 
     def __init__(self, index_path: str | os.PathLike, split: str = "train"):
         index_path = Path(index_path)
@@ -159,7 +224,7 @@ class TokenSplit:
         self.vocab_size = self.index["vocab_size"]
         self.eot_id = self.index["eot_id"]
         entries = self.index["splits"][split]["shards"]
-        self.arrays = [_map_shard(index_path, e, self.dtype) for e in entries]
+        self.arrays = [_map_shard(index_path, e, self.dtype, self.vocab_size) for e in entries]
         sizes = [a.size for a in self.arrays]
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.total = int(self.starts[-1])

@@ -6,7 +6,14 @@ Outputs under the stage directory:
     tokenizer.json          Hugging Face `tokenizers` file (also loads in transformers'
                             PreTrainedTokenizerFast(tokenizer_file=...))
     tokens/index.json       shard list, token counts, dtype, vocab size, tokenizer hash (tasks.core.token_shards)
-    tokens/<split>-NNNNN.bin  packed ids, one end-of-text token after each document
+    tokens/<split>-<unit>-NNNN.bin  packed ids, one end-of-text token after each document
+    _units/                 markers: the trained tokenizer, the packing plan, one per finished unit
+
+Resuming: packing runs in work units (runs of Parquet row groups holding about `unit_bytes` of text),
+each writing its own shards and then a marker (tasks.core.units.execute_unit). A rerun after a kill
+reuses the trained tokenizer (its marker records its SHA-256), recalibrates the same split threshold
+(deterministic from the data), and reuses every finished unit whose shards still hash as recorded:
+the index, shards and token counts equal those of an uninterrupted run, byte for byte.
 
 Splits: a document goes to 'val' when a hash of its split key (meta "parent", set on the pieces clean and
 collect cut from one document, else its id) is below a threshold, so every piece of a book shares one
@@ -16,7 +23,8 @@ keeps its split as the corpus grows (see `calibrate_val_threshold`).
 
 Speed: encoding runs on the Rust thread pool of `tokenizers` (all cores, GIL released); this process
 only reads Parquet, cuts long documents into pieces, converts ids and writes, overlapped with the
-encoding of the previous batch. No worker processes: forking next to a running Rust pool can deadlock.
+encoding of the previous batch. No worker processes: forking next to a running Rust pool can deadlock,
+so units run one after another in this process.
 """
 from __future__ import annotations
 
@@ -50,6 +58,7 @@ from tasks.core.result import Account, StageResult
 from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
 from tasks.core.store import Store
 from tasks.core.token_shards import ShardWriter, dtype_for_vocab, read_index, write_index
+from tasks.core.units import UnitResult, WorkUnit, execute_unit, marker_uri, merge_results
 
 log = logging.getLogger("llmpipe.tokenize")
 
@@ -59,6 +68,7 @@ IN_FLIGHT = 2  # encode batches at once: the next one fills the thread pool whil
 READ_ROWS = 64  # rows per Parquet read; documents are regrouped into encode batches by size
 SPLIT_SEED = 0x5EED  # different seeds: the validation split and the training sample are independent
 SAMPLE_SEED = 0x7A1B
+DOC_COLUMNS = ["id", "text", "meta"]
 SPLIT_BY = "parent_or_id"  # recorded in the index: an append must split by the same rule
 # A space preceded by a visible character: GPT-2's pre-tokenizer regex always splits right before it
 # (no pattern continues a word through a space, and a whitespace run cannot start at a visible char).
@@ -89,6 +99,9 @@ class TokenizeConfig(StageConfig):
                     "of a grown corpus keeps every earlier document in its split (append mode reuses it)")
     dtype: Literal["auto", "uint16", "uint32"] = "auto"
     shard_tokens: int = Field(1 << 27, ge=1, description="a shard closes after the document reaching this")
+    unit_bytes: int = Field(256 << 20, ge=1,
+                            description="text per work unit (runs of Parquet row groups): a killed run "
+                                        "resumes after its last finished unit; each unit writes its own shards")
     batch_docs: int = Field(1024, ge=1, description="most documents per encode batch")
     batch_bytes: int = Field(4 << 20, ge=1, description="text bytes per encode batch")
     workers: int = Field(0, ge=0, description="Rust encode threads; 0 = every core (read at first use)")
@@ -197,7 +210,9 @@ def cut_text(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """Streamed: shards run to hundreds of MB, and a whole-file read would hold them in memory."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _publish(src_or_tok: Path | Tokenizer, target: Path) -> None:
@@ -223,10 +238,11 @@ class DocBatch:
     empty: int = 0
 
 
-def read_doc_batches(store: Store, uris: list[str], batch_docs: int, batch_bytes: int) -> Iterator[DocBatch]:
-    """Stream documents in batches of at most `batch_docs` docs or about `batch_bytes` of text."""
+def read_doc_batches(record_batches: Iterable, batch_docs: int, batch_bytes: int) -> Iterator[DocBatch]:
+    """Regroup Parquet record batches (id, text, meta) into batches of at most `batch_docs` docs or about
+    `batch_bytes` of text."""
     batch, size = DocBatch(), 0
-    for rows in iter_batches(store, uris, batch_rows=READ_ROWS, columns=["id", "text", "meta"]):
+    for rows in record_batches:
         texts = rows.column("text")
         nbytes = pc.binary_length(texts).to_pylist()
         metas = rows.column("meta").to_pylist()
@@ -244,6 +260,11 @@ def read_doc_batches(store: Store, uris: list[str], batch_docs: int, batch_bytes
                 batch, size = DocBatch(), 0
     if batch.ids or batch.empty:
         yield batch
+
+
+def read_documents(store: Store, uris: list[str]) -> Iterator:
+    """Record batches of the columns tokenize reads, from whole document shards."""
+    return iter_batches(store, uris, batch_rows=READ_ROWS, columns=DOC_COLUMNS)
 
 
 def _unit_hash(doc_id: str, seed: int) -> float:
@@ -320,10 +341,7 @@ def text_bytes_estimate(store: Store, uris: list[str]) -> int:
     for uri in uris:
         with store.open(uri, "rb") as f:
             meta = pq.ParquetFile(f).metadata
-        for g in range(meta.num_row_groups):
-            group = meta.row_group(g)
-            total += sum(group.column(c).total_uncompressed_size for c in range(group.num_columns)
-                         if group.column(c).path_in_schema == "text")
+        total += sum(_text_bytes(meta.row_group(g)) for g in range(meta.num_row_groups))
     return total
 
 
@@ -337,7 +355,7 @@ def training_texts(store: Store, uris: list[str], cfg: TokenizeConfig, val_thres
         train_estimate = text_bytes_estimate(store, uris) * (1.0 - cfg.val_fraction)
         keep = min(1.0, cfg.max_train_bytes / max(train_estimate, 1.0))
     sample.update(train_docs=0, train_bytes=0, train_sample_fraction=keep)
-    for batch in read_doc_batches(store, uris, cfg.batch_docs, cfg.batch_bytes):
+    for batch in read_doc_batches(read_documents(store, uris), cfg.batch_docs, cfg.batch_bytes):
         for doc_id, key, text, n in zip(batch.ids, batch.keys, batch.texts, batch.nbytes):
             if split_of(key, val_threshold) != "train" or _unit_hash(doc_id, SAMPLE_SEED) >= keep:
                 continue
@@ -375,14 +393,15 @@ class Packer:
     """Encodes document batches on the tokenizers thread pool and appends them to per-split shards."""
 
     def __init__(self, tok: Tokenizer, tokens_dir: Path, *, dtype: np.dtype, eot_id: int, val_threshold: float,
-                 shard_tokens: int, special_tokens: list[str], first_index: dict[str, int] | None = None):
+                 shard_tokens: int, special_tokens: list[str], stem: str | None = None,
+                 vocab_size: int | None = None):
         tok.encode_special_tokens = True  # a document's literal "<|endoftext|>" is text, not a boundary
         self.tok, self.dtype, self.eot_id, self.val_threshold = tok, np.dtype(dtype), eot_id, val_threshold
         self.special_tokens = special_tokens
         self.cut = cuts_between_words(tok)
         self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)  # ids only, no offsets
-        first_index = first_index or {}
-        self.writers = {s: ShardWriter(tokens_dir, s, self.dtype, shard_tokens, first_index.get(s, 0))
+        vocab_size = vocab_size_of(tok) if vocab_size is None else vocab_size
+        self.writers = {s: ShardWriter(tokens_dir, s, self.dtype, shard_tokens, stem=stem, vocab_size=vocab_size)
                         for s in SPLITS}
         self.totals = {s: {"docs": 0, "tokens": 0, "bytes": 0} for s in SPLITS}
         self.special_text_docs = 0
@@ -451,14 +470,166 @@ class Packer:
 
 
 def pack_documents(store: Store, uris: list[str], tok: Tokenizer, tokens_dir: Path, cfg: TokenizeConfig, *,
-                   dtype: np.dtype, eot_id: int, val_threshold: float, account: Account,
-                   first_index: dict[str, int] | None = None) -> Packer:
-    """Read, encode and write every document of `uris`; returns the closed packer (shards, totals)."""
+                   dtype: np.dtype, eot_id: int, val_threshold: float, account: Account) -> Packer:
+    """Read, encode and write every document of `uris` as one run of shards; returns the closed packer
+    (shards, totals). The stage packs in units (`pack_unit`); this is the same work in one piece."""
     packer = Packer(tok, tokens_dir, dtype=dtype, eot_id=eot_id, val_threshold=val_threshold,
-                    shard_tokens=cfg.shard_tokens, special_tokens=cfg.special_tokens, first_index=first_index)
-    packer.pack(read_doc_batches(store, uris, cfg.batch_docs, cfg.batch_bytes), account)
+                    shard_tokens=cfg.shard_tokens, special_tokens=cfg.special_tokens)
+    packer.pack(read_doc_batches(read_documents(store, uris), cfg.batch_docs, cfg.batch_bytes), account)
     packer.close()
     return packer
+
+
+# resumable packing: work units -------------------------------------------------------------------------
+
+PACK_UNIT = "tasks.tokenizer.stage:pack_unit"
+PLAN_MARKER = "_units/pack-plan.json"  # what the unit markers were made with: tokenizer, split, dtype
+TOKENIZER_MARKER = "_units/tokenizer.json"  # the tokenizer this output trained, and how
+
+
+def plan_pack_units(store: Store, uris: list[str], out_uri: str, cfg: TokenizeConfig, ctx: RunContext,
+                    extra: dict[str, Any]) -> list[WorkUnit]:
+    """Runs of consecutive row groups holding about `unit_bytes` of text each (from the Parquet footers).
+
+    Units depend on the input files and `unit_bytes` only, so a rerun finds the same units, and each
+    unit writes `<split>-<unit>-NNNN.bin` shards: names and contents do not depend on which units an
+    earlier, killed run finished."""
+    units: list[WorkUnit] = []
+    parts: list[tuple[str, list[int]]] = []
+    size = 0
+
+    def close_unit() -> None:
+        nonlocal parts, size
+        if parts:
+            units.append(WorkUnit(stage="tokenize", unit_id=f"u{len(units):05d}", inputs=[u for u, _ in parts],
+                                  out_uri=out_uri, store_root=ctx.store, config=cfg.canonical(),
+                                  extra=extra | {"row_groups": [g for _, g in parts]}))
+        parts, size = [], 0
+
+    for uri in uris:
+        with store.open(uri, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        for g in range(meta.num_row_groups):
+            if not parts or parts[-1][0] != uri:
+                parts.append((uri, []))
+            parts[-1][1].append(g)
+            size += _text_bytes(meta.row_group(g))
+            if size >= cfg.unit_bytes:
+                close_unit()
+    close_unit()
+    return units
+
+
+def _text_bytes(group: Any) -> int:
+    return sum(group.column(c).total_uncompressed_size for c in range(group.num_columns)
+               if group.column(c).path_in_schema == "text")
+
+
+def unit_documents(store: Store, unit: WorkUnit) -> Iterator:
+    """Record batches of the unit's row groups, in input order."""
+    for uri, groups in zip(unit.inputs, unit.extra["row_groups"]):
+        with store.open(uri, "rb") as f:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=READ_ROWS, row_groups=groups,
+                                                      columns=DOC_COLUMNS)
+
+
+_TOKENIZERS: dict[tuple[str, str], Tokenizer] = {}  # (path, sha256): loaded once per process
+
+
+def _unit_tokenizer(path: Path, sha256: str) -> Tokenizer:
+    key = (str(path), sha256)
+    if key not in _TOKENIZERS:
+        if file_sha256(path) != sha256:  # replaced since the run planned its units: never pack with it
+            raise RuntimeError(f"{path} changed while the tokenize stage was running (sha256 differs)")
+        _TOKENIZERS.clear()
+        _TOKENIZERS[key] = load_tokenizer(path, "tokenize (its own tokenizer.json)")
+    return _TOKENIZERS[key]
+
+
+def pack_unit(unit: WorkUnit) -> UnitResult:
+    """Encode one unit's documents into its own shards; the marker (written by execute_unit) keeps the
+    shard entries, totals and SHA-256s, so a resumed run lists the shards without reading them."""
+    cfg = TokenizeConfig.model_validate(unit.config)
+    store, x = Store(unit.store_root), unit.extra
+    out_dir = store.local_path(unit.out_uri)
+    tok = _unit_tokenizer(out_dir / "tokenizer.json", x["tokenizer_sha256"])
+    packer = Packer(tok, out_dir / "tokens", dtype=np.dtype(x["dtype"]), eot_id=x["eot_id"],
+                    val_threshold=x["val_threshold"], shard_tokens=cfg.shard_tokens,
+                    special_tokens=cfg.special_tokens, stem=unit.unit_id, vocab_size=x["vocab_size"])
+    account = Account()
+    packer.pack(read_doc_batches(unit_documents(store, unit), cfg.batch_docs, cfg.batch_bytes), account)
+    shards = packer.close()
+    files = [f"tokens/{e['file']}" for split in SPLITS for e in shards[split]]
+    account.check(f"tokenize unit {unit.unit_id}")
+    info = {"shards": shards, "totals": packer.totals, "special_text_docs": packer.special_text_docs,
+            "sha256": {rel: file_sha256(out_dir / rel) for rel in files}}
+    return UnitResult(unit_id=unit.unit_id, account=account, outputs={"tokens": files}, info=info)
+
+
+def start_pack_plan(store: Store, out_uri: str, plan: dict[str, Any]) -> None:
+    """Keep the finished units of an earlier attempt only if they were packed with this very plan
+    (tokenizer hash, split threshold, dtype, units); otherwise start the shards afresh."""
+    marker = f"{out_uri}/{PLAN_MARKER}"
+    if store.exists(marker) and store.read_json(marker) == plan:
+        return
+    out_dir = store.local_path(out_uri)
+    shutil.rmtree(out_dir / "tokens", ignore_errors=True)
+    for stale in (out_dir / "_units").glob("u*.json"):
+        stale.unlink()
+    store.write_json(marker, plan)
+
+
+def run_pack_units(store: Store, units: list[WorkUnit]) -> list[UnitResult]:
+    """Run the units in order, in this process (the encoder's Rust threads already use every core, and
+    forking beside them can deadlock). A finished unit is reused only while its shards hash as recorded:
+    a marker checks sizes, and a flipped byte keeps the size."""
+    results = []
+    for unit in units:
+        result = execute_unit(PACK_UNIT, unit)
+        changed = _changed_files(store, unit, result) if result.resumed else []
+        if changed:
+            log.warning("tokenize unit %s: %s changed since the unit finished (SHA-256 differs); "
+                        "re-tokenizing the unit", unit.unit_id, ", ".join(changed))
+            store.rm(marker_uri(unit))
+            result = execute_unit(PACK_UNIT, unit)
+        results.append(result)
+    return results
+
+
+def _changed_files(store: Store, unit: WorkUnit, result: UnitResult) -> list[str]:
+    out_dir = store.local_path(unit.out_uri)
+    return [rel for rel, sha in result.info["sha256"].items() if file_sha256(out_dir / rel) != sha]
+
+
+@dataclass
+class PackedUnits:
+    """The units' shards and totals, merged in unit order (what the index and the stats need)."""
+
+    shards: dict[str, list[dict[str, Any]]]
+    totals: dict[str, dict[str, int]]
+    special_text_docs: int
+    cut: bool
+    account: Account
+    units: int
+    resumed: int
+    packed_bytes: int  # text bytes encoded by this run (resumed units excluded)
+
+
+def merge_pack_results(results: list[UnitResult], cut: bool) -> PackedUnits:
+    shards: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    totals = {s: {"docs": 0, "tokens": 0, "bytes": 0} for s in SPLITS}
+    special = packed_bytes = 0
+    for r in results:
+        for split in SPLITS:
+            shards[split].extend(r.info["shards"][split])
+            for name, value in r.info["totals"][split].items():
+                totals[split][name] += value
+            if not r.resumed:
+                packed_bytes += r.info["totals"][split]["bytes"]
+        special += r.info["special_text_docs"]
+    account, _ = merge_results(results)
+    return PackedUnits(shards=shards, totals=totals, special_text_docs=special, cut=cut, account=account,
+                       units=len(results), resumed=sum(r.resumed for r in results), packed_bytes=packed_bytes)
 
 
 # incremental runs --------------------------------------------------------------------------------------
@@ -561,15 +732,15 @@ def choose_dtype(vocab_size: int, cfg: TokenizeConfig, source: str,
 
 # stats -------------------------------------------------------------------------------------------------
 
-def tokenize_stats(account: Account, packer: Packer, *, tok_info: dict[str, Any], index: dict[str, Any],
+def tokenize_stats(packed: PackedUnits, *, tok_info: dict[str, Any], index: dict[str, Any],
                    pack_seconds: float) -> dict[str, Any]:
-    """Stage stats: the account, sizes, bytes per token, tokens per split, tokenizer and timings."""
-    totals = packer.totals
+    """Stage stats: the account, sizes, bytes per token, tokens per split, tokenizer, units and timings."""
+    totals = packed.totals
     docs = sum(t["docs"] for t in totals.values())
     tokens = sum(t["tokens"] for t in totals.values())
     text_bytes = sum(t["bytes"] for t in totals.values())
     return {
-        **account.as_stats(),
+        **packed.account.as_stats(),
         "docs": docs, "bytes": text_bytes, "tokens": tokens,
         "bytes_per_token": round(text_bytes / max(tokens - docs, 1), 4),  # eot tokens excluded
         "tokens_by_split": {s: t["tokens"] for s, t in totals.items()},
@@ -577,13 +748,15 @@ def tokenize_stats(account: Account, packer: Packer, *, tok_info: dict[str, Any]
         "bytes_by_split": {s: t["bytes"] for s, t in totals.items()},
         "val_token_fraction": round(totals["val"]["tokens"] / max(tokens, 1), 4),
         "index_tokens_by_split": {s: e["tokens"] for s, e in index["splits"].items()},
-        "docs_with_special_token_text": packer.special_text_docs,
+        "docs_with_special_token_text": packed.special_text_docs,
         "vocab_size": index["vocab_size"], "dtype": index["dtype"], "eot_id": index["eot_id"],
         "pad_id": index["pad_id"], "tokenizer_sha256": index["tokenizer_sha256"],
-        "encoded_in_pieces": packer.cut,
+        "encoded_in_pieces": packed.cut,
+        "units": packed.units, "units_resumed": packed.resumed,
         **tok_info,
         "pack_seconds": round(pack_seconds, 3),
-        "pack_mb_per_s": round(text_bytes / 1e6 / max(pack_seconds, 1e-9), 3),
+        # this run's encoding speed: units resumed from a killed attempt took no time here
+        "pack_mb_per_s": round(packed.packed_bytes / 1e6 / max(pack_seconds, 1e-9), 3),
     }
 
 
@@ -646,13 +819,38 @@ def _set_encode_threads(workers: int) -> None:
         os.environ["RAYON_NUM_THREADS"] = str(workers)
 
 
+def reuse_trained_tokenizer(store: Store, out_uri: str, target: Path) -> tuple[Tokenizer, dict[str, Any]] | None:
+    """The tokenizer a killed attempt of this very output trained, when its marker and file agree:
+    training is the slowest step after packing, and the units packed with it stay valid."""
+    marker = f"{out_uri}/{TOKENIZER_MARKER}"
+    if not (store.exists(marker) and target.is_file()):
+        return None
+    done = store.read_json(marker)
+    if file_sha256(target) != done["sha256"]:
+        return None
+    return load_tokenizer(target, "tokenize (its own tokenizer.json)"), {**done["info"], "tokenizer_resumed": True}
+
+
+def obtain_or_reuse_tokenizer(store: Store, out_uri: str, doc_uris: list[str], cfg: TokenizeConfig,
+                              previous: PreviousTokens | None,
+                              val_threshold: float) -> tuple[Tokenizer, dict[str, Any]]:
+    target = store.local_path(out_uri) / "tokenizer.json"
+    trains = cfg.tokenizer_file is None and previous is None
+    reused = reuse_trained_tokenizer(store, out_uri, target) if trains else None
+    if reused is not None:
+        return reused
+    tok, info = obtain_tokenizer(store, doc_uris, cfg, previous, target, val_threshold)
+    if trains:
+        store.write_json(f"{out_uri}/{TOKENIZER_MARKER}", {"sha256": file_sha256(target), "info": info})
+    return tok, {**info, "tokenizer_resumed": False}
+
+
 def run_tokenize(inputs: Inputs, out_uri: str, cfg: TokenizeConfig, ctx: RunContext) -> StageOutput:
-    """Train or load the tokenizer, pack every input document into token shards, write the index."""
+    """Train or load the tokenizer, pack every input document into token shards in resumable units,
+    write the index. A rerun after a kill reuses the trained tokenizer and every finished unit."""
     store = ctx.open_store()
-    out_dir = store.local_path(out_uri)
-    tokens_dir = out_dir / "tokens"
-    shutil.rmtree(tokens_dir, ignore_errors=True)  # leftovers of a killed attempt are never reused
-    tokens_dir.mkdir(parents=True)
+    tokens_dir = store.local_path(out_uri) / "tokens"
+    tokens_dir.mkdir(parents=True, exist_ok=True)
     _set_encode_threads(cfg.workers)
     doc_uris = inputs["pii"].files("docs")
     previous = load_previous(cfg.append_to, tokens_dir) if cfg.append_to else None
@@ -661,32 +859,34 @@ def run_tokenize(inputs: Inputs, out_uri: str, cfg: TokenizeConfig, ctx: RunCont
     val_threshold, threshold_origin = resolve_val_threshold(store, doc_uris, cfg, previous)
     split_info = {"val_threshold": val_threshold, "val_threshold_origin": threshold_origin,
                   "split_seconds": round(time.perf_counter() - start, 3)}
-    tok, tok_info = obtain_tokenizer(store, doc_uris, cfg, previous, out_dir / "tokenizer.json", val_threshold)
+    tok, tok_info = obtain_or_reuse_tokenizer(store, out_uri, doc_uris, cfg, previous, val_threshold)
     source = tok_info.get("tokenizer_source", "the trained tokenizer")
-    sha = file_sha256(out_dir / "tokenizer.json")
+    sha = file_sha256(tokens_dir.parent / "tokenizer.json")
     eot_id, pad_id = special_token_ids(tok, cfg, source)
     if previous is not None:
         check_previous(previous, sha=sha, tokenizer_source=source, eot_id=eot_id, cfg=cfg)
     vocab_size = vocab_size_of(tok)
     dtype = choose_dtype(vocab_size, cfg, source, previous)
 
-    account, start = Account(), time.perf_counter()
-    packer = pack_documents(store, doc_uris, tok, tokens_dir, cfg, dtype=dtype, eot_id=eot_id,
-                            val_threshold=val_threshold, account=account,
-                            first_index=previous.next_index if previous else None)
+    start = time.perf_counter()
+    plan = {"tokenizer_sha256": sha, "val_threshold": val_threshold, "dtype": dtype.name, "eot_id": eot_id,
+            "vocab_size": vocab_size}
+    units = plan_pack_units(store, doc_uris, out_uri, cfg, ctx, extra=plan)
+    start_pack_plan(store, out_uri, {**plan, "units": [[u.unit_id, u.inputs, u.extra["row_groups"]]
+                                                       for u in units]})
+    packed = merge_pack_results(run_pack_units(store, units), cut=cuts_between_words(tok))
     pack_seconds = time.perf_counter() - start
-    account.check("tokenize")
+    packed.account.check("tokenize")
 
-    splits = {s: (previous.shards.get(s, []) if previous else []) + packer.shards[s] for s in SPLITS}
+    splits = {s: (previous.shards.get(s, []) if previous else []) + packed.shards[s] for s in SPLITS}
     extra = {"documents": sum(e["docs"] for shards in splits.values() for e in shards), "pad_id": pad_id,
              "eot_token": cfg.eot_token, "pad_token": cfg.pad_token, "val_fraction": cfg.val_fraction,
              "split_by": SPLIT_BY, "val_threshold": val_threshold,
              "appended_to": os.path.relpath(previous.index_path, tokens_dir) if previous else None}
     index = write_index(tokens_dir / "index.json", dtype=dtype, vocab_size=vocab_size, eot_id=eot_id,
                         tokenizer_sha256=sha, splits=splits, extra=extra)
-    stats = tokenize_stats(account, packer, tok_info={**tok_info, **split_info}, index=index,
-                           pack_seconds=pack_seconds)
-    new_files = [f"tokens/{e['file']}" for s in SPLITS for e in packer.shards[s]]
+    stats = tokenize_stats(packed, tok_info={**tok_info, **split_info}, index=index, pack_seconds=pack_seconds)
+    new_files = [f"tokens/{e['file']}" for s in SPLITS for e in packed.shards[s]]
     outputs = {"tokenizer": "tokenizer.json", "index": "tokens/index.json", "tokens": new_files}
     return StageOutput(outputs=outputs, stats=stats)
 

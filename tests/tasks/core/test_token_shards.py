@@ -95,3 +95,18 @@ def test_shards_that_do_not_match_the_index_are_refused(tmp_path):
     shard.unlink()
     with pytest.raises(ValueError, match=r"lists .*train-00001\.bin, which is missing"):
         TokenSplit(index_path, "train")
+
+
+def test_unit_stems_name_shards_and_entries_keep_one_key_order(tmp_path):
+    writer = ShardWriter(tmp_path, "val", np.uint16, max_tokens=3, stem="u00007")
+    for doc in DOCS[:2]:
+        writer.append(doc)
+    shards = writer.close()
+    assert [s["file"] for s in shards] == ["val-u00007-0000.bin", "val-u00007-0001.bin"]
+    sorted_keys = [dict(sorted(s.items())) for s in shards]  # as a JSON marker with sort_keys returns them
+    a = write_index(tmp_path / "a.json", dtype=np.uint16, vocab_size=10, eot_id=0, tokenizer_sha256="x",
+                    splits={"val": shards})
+    b = write_index(tmp_path / "b.json", dtype=np.uint16, vocab_size=10, eot_id=0, tokenizer_sha256="x",
+                    splits={"val": sorted_keys})
+    assert a == b and (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    assert list(a["splits"]["val"]["shards"][0]) == ["file", "tokens", "docs"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -17,17 +18,18 @@ from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, RunnerConfig, run_stage
 from tasks.core.store import Store
 from tasks.core.token_shards import TokenSplit, TokenWindows, dtype_for_vocab, read_index
+from tasks.tokenizer import stage as stage_module
 from tasks.tokenizer.stage import (
+    STAGE,
     TokenizeConfig,
     calibrate_val_threshold,
     cut_text,
     cuts_between_words,
     new_tokenizer,
-    tokenize_artifacts,
-    STAGE,
     split_key,
     split_of,
     stats_table,
+    tokenize_artifacts,
     tokenize_key_extra,
     train_tokenizer,
     training_texts,
@@ -113,6 +115,10 @@ def decoded_docs(result: StageResult) -> dict[str, list[str]]:
     return out
 
 
+UNIT_BYTES = 120_000  # the corpus (~400 KB of text in 3 Parquet shards) packs in a few units
+PACKED_CFG = {"val_fraction": 0.2, "shard_tokens": 20_000, "unit_bytes": UNIT_BYTES}  # the `packed` fixture's
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
@@ -123,7 +129,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def packed(corpus):
     root, _, upstream = corpus
-    return tokenize(root, upstream, val_fraction=0.2, shard_tokens=20_000)
+    return tokenize(root, upstream, **PACKED_CFG)
 
 
 def test_round_trip_on_varied_unicode(packed):
@@ -164,16 +170,18 @@ def test_index_and_shards_are_consistent(tmp_path, corpus, packed):
         assert entry["tokens"] == sum(s["tokens"] for s in entry["shards"])
         assert entry["docs"] == sum(s["docs"] for s in entry["shards"])
         assert entry["docs"] == packed.stats["docs_by_split"][split]
+        names = [s["file"] for s in entry["shards"]]
+        assert all(re.fullmatch(rf"{split}-u\d{{5}}-\d{{4}}\.bin", n) for n in names) and names == sorted(names)
         for k, shard in enumerate(entry["shards"]):
-            assert shard["file"] == f"{split}-{k:05d}.bin"
             tokens = np.fromfile(index_path.parent / shard["file"], dtype=dtype)
             assert tokens.size == shard["tokens"] and tokens[-1] == index["eot_id"]
             eots = np.flatnonzero(tokens == index["eot_id"])
             assert eots.size == shard["docs"]  # literal "<|endoftext|>" in text never became an eot id
-            if k < len(entry["shards"]) - 1:  # closed right after the document that reached the limit
-                last_doc_start = eots[-2] + 1 if eots.size > 1 else 0
-                assert tokens.size >= 20_000 > last_doc_start
-    assert len(index["splits"]["train"]["shards"]) > 2
+            unit, number = shard["file"].split("-")[1:]
+            if f"{split}-{unit}-{int(number[:4]) + 1:04d}.bin" in names:  # not the unit's last shard: closed
+                last_doc_start = eots[-2] + 1 if eots.size > 1 else 0  # right after the document that
+                assert tokens.size >= 20_000 > last_doc_start  # reached the limit
+    assert len(index["splits"]["train"]["shards"]) > 2 and packed.stats["units"] >= 3
     assert index["documents"] == packed.stats["docs"] == packed.stats["docs_out"] == len(corpus[1])
     on_disk = sorted(p.name for p in index_path.parent.iterdir())
     listed = sorted([Path(f).name for f in packed.outputs["tokens"]] + ["index.json"])
@@ -190,7 +198,7 @@ def test_index_and_shards_are_consistent(tmp_path, corpus, packed):
 def test_output_is_deterministic_and_independent_of_batching(tmp_path, corpus, packed):
     _, _, upstream = corpus
     again = tokenize(tmp_path, upstream, val_fraction=0.2, shard_tokens=20_000, batch_docs=3,
-                     batch_bytes=5000)
+                     batch_bytes=5000, unit_bytes=UNIT_BYTES)
     for rel in ["tokenizer.json", *packed.outputs["tokens"]]:
         assert Path(again.uri, rel).read_bytes() == Path(packed.uri, rel).read_bytes(), rel
 
@@ -325,7 +333,7 @@ def test_append_tokenizes_only_new_docs_with_the_earlier_tokenizer(tmp_path, cor
         n_old = len(old["splits"][split]["shards"])
         files = [s["file"] for s in new["splits"][split]["shards"]]
         assert all(f.startswith("../../") for f in files[:n_old])
-        assert files[n_old:] == [f"{split}-{k:05d}.bin" for k in range(n_old, len(files))]
+        assert files[n_old:] == [f"{split}-u00000-{k:04d}.bin" for k in range(len(files) - n_old)]
     assert new["documents"] == len(docs) + len(new_docs)
     # the same as tokenizing old + new documents in one run with that tokenizer
     full = tokenize(tmp_path, write_upstream(tmp_path, "all", docs + new_docs), val_fraction=0.2,
@@ -486,3 +494,115 @@ def test_artifact_table(packed):
     assert {"metric": "bytes_per_token", "value": str(packed.stats["bytes_per_token"])} in table
     (artifact,) = tokenize_artifacts(packed)
     assert artifact.name == "stats" and artifact.rows == table
+
+
+# resuming after a kill -----------------------------------------------------------------------------------
+
+def output_bytes(result: StageResult) -> dict[str, bytes]:
+    """Every file the index and the tokenizer consist of, by path relative to the stage directory."""
+    rels = ["tokenizer.json", "tokens/index.json", *result.outputs["tokens"]]
+    return {rel: Path(result.uri, rel).read_bytes() for rel in rels}
+
+
+def kill_at_unit(monkeypatch, unit_id: str) -> None:
+    """Make the pack unit `unit_id` die as a killed process would (KeyboardInterrupt is no Exception)."""
+    real = stage_module.pack_unit
+
+    def pack_or_die(unit):
+        if unit.unit_id == unit_id:
+            raise KeyboardInterrupt("killed")
+        return real(unit)
+
+    monkeypatch.setattr(stage_module, "pack_unit", pack_or_die)
+
+
+def test_a_killed_run_resumes_by_unit_and_equals_an_uninterrupted_run(tmp_path, corpus, packed, monkeypatch):
+    _, _, upstream = corpus
+    cfg = PACKED_CFG
+    kill_at_unit(monkeypatch, "u00002")
+    with pytest.raises(KeyboardInterrupt):
+        tokenize(tmp_path, upstream, **cfg)
+    out = next((tmp_path / "store" / "tokenize").iterdir())
+    assert sorted(p.name for p in (out / "_units").glob("u*.json")) == ["u00000.json", "u00001.json"]
+    assert not list(out.rglob("*.tmp-*")), "the killed unit's half-written shard is swept"
+    monkeypatch.undo()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the rerun retrained the tokenizer instead of reusing tokenizer.json")
+
+    monkeypatch.setattr(stage_module, "train_tokenizer", no_training)
+    resumed = tokenize(tmp_path, upstream, **cfg)
+    assert resumed.stats["units_resumed"] == 2 and resumed.stats["units"] == packed.stats["units"]
+    assert resumed.stats["tokenizer_resumed"] is True and packed.stats["tokenizer_resumed"] is False
+    assert resumed.stats["train_seconds"] > 0  # the figure of the run that trained it, from its marker
+    assert resumed.outputs == packed.outputs and output_bytes(resumed) == output_bytes(packed)
+    for stat in ("tokens", "docs", "bytes", "tokens_by_split", "docs_by_split", "val_threshold", "docs_in",
+                 "docs_out", "dropped", "train_docs", "train_bytes"):
+        assert resumed.stats[stat] == packed.stats[stat], stat
+
+
+def test_a_resumed_unit_is_redone_when_its_shard_changed(tmp_path, corpus, monkeypatch):
+    """Unit markers check sizes; tokenize also checks the SHA-256 of a resumed unit's shards, so a byte
+    changed in place (what `llmpipe verify` finds) is re-tokenized, not carried into the new output."""
+    _, _, upstream = corpus
+    cfg = PACKED_CFG
+    whole = tokenize(tmp_path / "a", upstream, **cfg)
+    kill_at_unit(monkeypatch, "u00001")
+    with pytest.raises(KeyboardInterrupt):
+        tokenize(tmp_path / "b", upstream, **cfg)
+    monkeypatch.undo()
+    out = next((tmp_path / "b" / "store" / "tokenize").iterdir())
+    victim = out / "tokens" / "train-u00000-0000.bin"
+    data = bytearray(victim.read_bytes())
+    data[10] ^= 0x01
+    victim.write_bytes(bytes(data))
+    resumed = tokenize(tmp_path / "b", upstream, **cfg)
+    assert resumed.stats["units_resumed"] == 0
+    assert output_bytes(resumed) == output_bytes(whole)
+
+
+def test_units_of_another_packing_plan_are_not_reused(tmp_path, corpus, monkeypatch):
+    _, _, upstream = corpus
+    cfg = PACKED_CFG
+    kill_at_unit(monkeypatch, "u00001")
+    with pytest.raises(KeyboardInterrupt):
+        tokenize(tmp_path, upstream, **cfg)
+    monkeypatch.undo()
+    out = next((tmp_path / "store" / "tokenize").iterdir())
+    plan = json.loads((out / "_units" / "pack-plan.json").read_text())
+    plan["val_threshold"] = 0.5  # as if the finished unit had been packed with another split
+    (out / "_units" / "pack-plan.json").write_text(json.dumps(plan))
+    (out / "tokens" / "val-u00000-0099.bin").write_bytes(b"\0\0")  # a stray shard of that plan
+    resumed = tokenize(tmp_path, upstream, **cfg)
+    assert resumed.stats["units_resumed"] == 0
+    assert not (out / "tokens" / "val-u00000-0099.bin").exists()
+
+
+def test_a_replaced_tokenizer_json_is_retrained_not_trusted(tmp_path, corpus, monkeypatch):
+    _, _, upstream = corpus
+    cfg = PACKED_CFG
+    kill_at_unit(monkeypatch, "u00001")
+    with pytest.raises(KeyboardInterrupt):
+        tokenize(tmp_path, upstream, **cfg)
+    monkeypatch.undo()
+    out = next((tmp_path / "store" / "tokenize").iterdir())
+    trained = (out / "tokenizer.json").read_bytes()
+    (out / "tokenizer.json").write_text((out / "tokenizer.json").read_text().replace('"<|pad|>"', '"<|pud|>"'))
+    resumed = tokenize(tmp_path, upstream, **cfg)
+    assert resumed.stats["tokenizer_resumed"] is False and resumed.stats["train_seconds"] > 0
+    assert (out / "tokenizer.json").read_bytes() == trained  # training is deterministic
+    assert resumed.stats["units_resumed"] == 1  # same tokenizer again, so the finished unit stands
+
+
+def test_units_follow_row_groups_and_unit_bytes(tmp_path, corpus):
+    _, docs, upstream = corpus
+    cfg = TokenizeConfig(unit_bytes=UNIT_BYTES)
+    ctx = context(tmp_path)
+    units = stage_module.plan_pack_units(Store(ctx.store), upstream.files("docs"), "out", cfg, ctx, extra={})
+    one = stage_module.plan_pack_units(Store(ctx.store), upstream.files("docs"), "out",
+                                       TokenizeConfig(), ctx, extra={})
+    assert len(one) == 1 and len(one[0].inputs) == 3  # the default unit holds this whole corpus
+    assert [u.unit_id for u in units] == [f"u{k:05d}" for k in range(len(units))] and len(units) >= 3
+    ids = [row["id"] for u in units for batch in stage_module.unit_documents(Store(ctx.store), u)
+           for row in batch.to_pylist()]
+    assert ids == [doc_id for doc_id, _ in docs]  # every row group once, in input order
