@@ -18,7 +18,7 @@ from tasks.core.lock import StageLock
 from tasks.core.result import StageResult
 from tasks.core.retry import explain_os_error
 from tasks.core.store import MANIFEST, Store, stage_key
-from tasks.core.units import Executor, default_executor
+from tasks.core.units import Executor, default_executor, drop_markers_for
 
 log = logging.getLogger("llmpipe")
 
@@ -188,6 +188,8 @@ def check_output(store: Store, stage: str, uri: str, hashes: bool = False) -> li
         log.warning("%s: the finished output in %s does not match its manifest: %s. Rerunning the stage "
                     "from what is still intact.", stage, uri, "; ".join(problems))
         store.invalidate(uri)
+        # a unit marker vouches only for sizes: the units that wrote a damaged file are redone
+        drop_markers_for(store, uri, {p.split(": ", 1)[0] for p in problems})
     return problems
 
 

@@ -99,6 +99,23 @@ def _unit_damage(store: Store, unit: WorkUnit, done: UnitResult) -> list[str]:
     return problems
 
 
+def drop_markers_for(store: Store, stage_uri: str, rels: set[str]) -> int:
+    """Remove the markers of the units that wrote any of `rels` (files found damaged), so a rerun redoes
+    those units instead of trusting markers that only record sizes."""
+    dropped = 0
+    for marker in store.ls(f"{stage_uri}/_units"):
+        if not marker.endswith(".json"):
+            continue
+        try:
+            done = UnitResult.model_validate(store.read_json(marker))
+        except (ValueError, OSError):
+            continue
+        if rels & set(_unit_files(done)):
+            store.rm(marker)
+            dropped += 1
+    return dropped
+
+
 class Executor(Protocol):
     def map_units(self, fn_ref: str, units: list[WorkUnit]) -> list[UnitResult]: ...
 

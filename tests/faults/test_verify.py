@@ -104,3 +104,17 @@ def test_stages_holding_raw_text_are_owner_only(built):
     for result in (col, cln):
         for path in (Path(result.uri), Path(result.uri).parent):
             assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_same_size_damage_found_by_hashes_redoes_the_unit_that_wrote_it(built):
+    ctx, col, cln = built
+    before = _docs(ctx, cln)
+    victim = Path(cln.files("docs")[0])
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    deep = ctx.model_copy(update={"verify": "hashes"})
+    again = run_stage(CLEAN, CleanConfig(), {"collect": col}, deep)
+    assert not again.cached and again.stats["units_resumed"] == 0
+    assert _docs(ctx, again) == before
+    assert Store(ctx.store).check(again.uri, hashes=True) == []
