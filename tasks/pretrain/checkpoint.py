@@ -128,6 +128,7 @@ class Checkpoints:
         final, tmp = self.root / name, self.root / f".{name}.tmp"
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
+            self.check_room(model)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         weights = acc.get_state_dict(model)  # collectives under FSDP: every process calls both
@@ -151,6 +152,22 @@ class Checkpoints:
             self._prune(keep=name)
         acc.wait_for_everyone()
         return final
+
+    def check_room(self, model) -> None:
+        """A new checkpoint is written before the oldest is dropped, so `keep + 1` must fit: fail with
+        the figures, before writing, when the disk cannot take one more (the last one stays intact)."""
+        done = sorted(p for p in self.root.glob("step-*") if p.is_dir())
+        if done:
+            need = sum(f.stat().st_size for f in done[-1].iterdir() if f.is_file())
+        else:  # weights, and AdamW's two moments per parameter (fp32)
+            need = 3 * sum(p.numel() * 4 for p in self.acc.unwrap_model(model).parameters())
+        free = shutil.disk_usage(self.root).free
+        if free < need * 1.05:
+            raise UserError(
+                f"not enough disk space for a checkpoint in {self.root}: one takes about {need / 1e6:,.0f} MB, "
+                f"{free / 1e6:,.0f} MB are free (keep_checkpoints={self.keep} kept, plus the one being "
+                "written). Free space, lower pretrain.keep_checkpoints, or move the store; the last "
+                "checkpoint is intact, so rerunning resumes from it.")
 
     def _prune(self, keep: str) -> None:
         """Keep the newest `keep` checkpoints; drop temp dirs a killed run left behind."""

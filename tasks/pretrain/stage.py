@@ -20,7 +20,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from models.config import GPTConfig, pad_vocab
 from tasks.core.artifacts import Artifact, Markdown, rounded
@@ -41,49 +41,49 @@ class PretrainConfig(StageConfig):
     """The `pretrain:` section of pipelines.yaml. Defaults train the demo's tiny model on a CPU."""
 
     # model (see models/gpt.py GPTConfig)
-    n_layer: int = 4  # blocks on each head's path: n_layer - 1 shared + 1 per head
-    n_embd: int = 128
-    n_head: int = 4
-    n_kv_head: int = 0  # 0 = n_head; fewer = grouped-query attention
-    block_size: int = 128  # context length = training sequence length
-    vocab_size: int = 0  # 0 = the tokenizer's vocabulary padded up to vocab_multiple
-    vocab_multiple: int = 64
+    n_layer: int = Field(4, ge=1)  # blocks on each head's path: n_layer - 1 shared + 1 per head
+    n_embd: int = Field(128, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_kv_head: int = Field(0, ge=0)  # 0 = n_head; fewer = grouped-query attention
+    block_size: int = Field(128, ge=1)  # context length = training sequence length
+    vocab_size: int = Field(0, ge=0)  # 0 = the tokenizer's vocabulary padded up to vocab_multiple
+    vocab_multiple: int = Field(64, ge=1)
     mlp: Literal["swiglu", "gelu"] = "swiglu"
-    dropout: float = 0.0
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     tie_embeddings: bool = True
-    n_future: int = 1  # output heads (multi-token prediction); 1 = plain next-token prediction
+    n_future: int = Field(1, ge=1)  # output heads (multi-token prediction); 1 = plain next-token prediction
     memory_saving_heads: bool = True  # run the heads' forward+backward one at a time
     # warm start: a model directory the stage wrote (<store>/pretrain/<key>/model); its weights start the
     # run (same shapes), the optimizer and the schedule start fresh. The store key holds the weights' digest
     init_from: str | None = None
     # optimization
-    micro_batch: int = 16  # sequences per process per forward pass
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    max_steps: int = 250  # budget: optimizer steps (0 = none) ...
-    max_tokens: int = 0  # ... and/or training tokens (0 = none); whichever ends first
+    micro_batch: int = Field(16, ge=1)  # sequences per process per forward pass
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3e-3, gt=0.0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.95, ge=0.0, lt=1.0)
+    grad_clip: float = Field(1.0, ge=0.0)
+    max_steps: int = Field(250, ge=0)  # budget: optimizer steps (0 = none) ...
+    max_tokens: int = Field(0, ge=0)  # ... and/or training tokens (0 = none); whichever ends first
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
     attention: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"  # attention kernel tried first
     cpu: bool = False  # train on CPU even when a GPU is present
     # CPU threads (0 = one per core). Small models on a CPU shared with other work: 1 is steadier, since
     # every parallel op waits for its slowest thread, and a thread sharing its core waits long
-    cpu_threads: int = 0
+    cpu_threads: int = Field(0, ge=0)
     seed: int | None = None  # None = the pipeline's top-level `seed`
     # evaluation, checkpoints, logs
-    eval_every: int = 125  # 0 = only at the end
-    eval_batches: int = 20  # per process; 0 = the whole val split
-    checkpoint_every: int = 125
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    eval_every: int = Field(125, ge=0)  # 0 = only at the end
+    eval_batches: int = Field(20, ge=0)  # per process; 0 = the whole val split
+    checkpoint_every: int = Field(125, ge=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
     # processes
-    num_processes: int = 1  # > 1 starts `accelerate launch` (one process per GPU; gloo on CPUs)
+    num_processes: int = Field(1, ge=1)  # > 1 starts `accelerate launch` (one process per GPU; gloo on CPUs)
     distributed: Literal["ddp", "fsdp"] = "ddp"
 
     key_exclude = frozenset({"log_every"})

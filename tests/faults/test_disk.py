@@ -88,3 +88,26 @@ def test_quarantine_files_hold_no_raw_personal_data(tmp_path):
     assert '"line": 2' in text and "malformed_json" in text and "sha256" in text
     for value in planted + ["Thornbury", "7946", "1111"]:
         assert value not in text, f"raw personal data in quarantine: {value}"
+
+
+def test_a_checkpoint_that_would_not_fit_stops_training_with_the_figures(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from tasks.pretrain import checkpoint
+    from tasks.pretrain.data import phrase_tokens, write_token_index
+    from tasks.pretrain.lm import train
+    from tasks.pretrain.stage import PretrainConfig, build_train_config
+
+    tokens = phrase_tokens(20_000, 200, n_phrases=16, phrase_len=8, seed=1)
+    index = write_token_index(tmp_path / "tokens", tokens[:18_000], tokens[18_000:], 200)
+    cfg = build_train_config(PretrainConfig(block_size=16, n_layer=2, n_head=2, n_embd=16, micro_batch=2,
+                                            max_steps=6, checkpoint_every=3, eval_every=0, log_every=3, seed=0),
+                             str(index), None, tmp_path / "run", {})
+    usage = namedtuple("usage", "total used free")
+    real = shutil.disk_usage
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(UserError, match=r"not enough disk space for a checkpoint .* 0 MB are free"):
+        train(cfg)
+    assert not list((tmp_path / "run" / "checkpoints").glob(".step-*"))  # nothing half-written
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", real)

@@ -165,3 +165,13 @@ def test_duplicate_keys_name_both_lines(tmp_path):
 def test_empty_store_is_a_config_error():
     with pytest.raises(ConfigError, match="store"):
         load_pipeline("demo", overrides=["store="])
+
+
+@pytest.mark.parametrize("setting, key", [
+    ("pretrain.lr=-1", "pretrain.lr"), ("pretrain.block_size=0", "pretrain.block_size"),
+    ("pretrain.checkpoint_every=-3", "pretrain.checkpoint_every"), ("pretrain.eval_every=-1", "pretrain.eval_every"),
+    ("pretrain.keep_checkpoints=0", "pretrain.keep_checkpoints"), ("pretrain.dropout=1.5", "pretrain.dropout"),
+])
+def test_out_of_range_values_are_config_errors_naming_the_key(setting, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_pipeline("demo", overrides=[setting])
