@@ -161,6 +161,7 @@ class Checkpoints:
             need = sum(f.stat().st_size for f in done[-1].iterdir() if f.is_file())
         else:  # weights, and AdamW's two moments per parameter (fp32)
             need = 3 * sum(p.numel() * 4 for p in self.acc.unwrap_model(model).parameters())
+        self.root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.root).free
         if free < need * 1.05:
             raise UserError(
