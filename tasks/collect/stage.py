@@ -66,10 +66,13 @@ class CollectConfig(StageConfig):
     unit_mb: int = Field(64, ge=1)  # input files are grouped into parallel work units of about this size
     http_retries: int = 3
     http_timeout: float = 30.0
+    http_backoff: float = Field(1.0, ge=0.0)  # seconds before the first retry, doubling (or Retry-After)
     # quarantine files keep file, line, reason, a SHA-256 and a masked excerpt of a bad record (letters
     # become x/X, digits 9: the shape of the problem, no personal data); true also keeps the raw bytes,
     # which may hold names, emails and card numbers that no later stage anonymizes
     quarantine_raw: bool = False
+
+    key_exclude = frozenset({"http_retries", "http_timeout", "http_backoff"})  # how to fetch, not what
 
 
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, as hub dataset ids are spelled
@@ -227,7 +230,8 @@ def _records(unit: WorkUnit, src: SourceConfig, cfg: CollectConfig) -> Iterator[
         store = Store(unit.store_root)
         name = sources.url_filename(src.url)
         local = store.local_path(f"{unit.out_uri}/_downloads/{unit.unit_id}-{name}")
-        sources.download(src.url, local, retries=cfg.http_retries, timeout=cfg.http_timeout)
+        sources.download(src.url, local, retries=cfg.http_retries, timeout=cfg.http_timeout,
+                         backoff=cfg.http_backoff)
         fmt = sources.format_of(name, src.format) or "txt"
         for rec in sources.read_file(local, name, fmt, src.text_field, cfg.invalid_utf8):
             rec.item = f"{src.url}#{rec.item}" if fmt not in ("txt", "md") else src.url

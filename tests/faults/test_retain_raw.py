@@ -16,7 +16,7 @@ def _corpus(tmp_path: Path) -> Path:
     lines = [json.dumps({"text": f"Letter {i}. Please write to cordelia.w{i}@example.org about the parcel "
                                  f"and the garden; the weather has been mild and the roses are early this "
                                  f"year, which pleases everyone in the village a great deal. {PLANTED}."})
-             for i in range(30)]
+             for i in range(12)]
     path.write_text("\n".join(lines) + "\n")
     return path
 

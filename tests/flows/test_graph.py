@@ -57,14 +57,14 @@ def _run(tmp_path, until=None, **cfgs):
 
 def test_inputs_by_name_and_independent_stages_overlap(prefect_server, tmp_path):
     SPANS.clear()
-    summary, events = _run(tmp_path, b=Toy(sleep=1.0), c=Toy(sleep=1.0))
+    summary, events = _run(tmp_path, b=Toy(sleep=0.5), c=Toy(sleep=0.5))
     assert SEEN["a"] == [] and SEEN["b"] == SEEN["c"] == ["a"] and SEEN["d"] == ["b", "c"]
     (b0, b1), (c0, c1) = SPANS["b"], SPANS["c"]
     assert b0 < c1 and c0 < b1, "b and c read only a: they must run at the same time"
     assert SPANS["d"][0] >= max(b1, c1)
     assert summary["status"] == "partial" and summary["stages"]["e"]["status"] == "not_implemented"
     assert list(summary["stages"]) == ["a", "b", "c", "d", "e"]
-    again, _ = _run(tmp_path, b=Toy(sleep=1.0), c=Toy(sleep=1.0))
+    again, _ = _run(tmp_path, b=Toy(sleep=0.5), c=Toy(sleep=0.5))
     assert {n: e["status"] for n, e in again["stages"].items() if n != "e"} == dict.fromkeys("abcd", "cached")
 
 

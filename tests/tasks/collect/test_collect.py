@@ -363,7 +363,8 @@ def http_base():
 
 
 def test_url_source_retries_5xx(ctx, http_base):
-    cfg = CollectConfig(sources=[SourceConfig(name="web", url=f"{http_base}/flaky.jsonl")], http_retries=3)
+    cfg = CollectConfig(sources=[SourceConfig(name="web", url=f"{http_base}/flaky.jsonl")], http_retries=3,
+                        http_backoff=0.05)
     result = run_stage(STAGE, cfg, {}, ctx)
     docs = read_all(Store(ctx.store), result.files("docs"))
     assert [x["text"] for x in docs] == ["from the web", "second"]
