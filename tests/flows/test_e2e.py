@@ -203,8 +203,13 @@ def _flow_run_and_logs(flow_run_id: str):
     async def fetch():
         async with get_client() as client:
             run = await client.read_flow_run(flow_run_id)
-            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-            return run, [entry.message for entry in logs]
+            messages: list[str] = []
+            while True:  # the API pages its answers (200 lines by default)
+                page = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+                    any_=[flow_run_id])), limit=200, offset=len(messages))
+                messages += [entry.message for entry in page]
+                if len(page) < 200:
+                    return run, messages
 
     return asyncio.run(fetch())
 
