@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from contextvars import copy_context
+from typing import Any, Self
 
 PREFECT_DEFAULTS = {
     # offline-friendly defaults; a user's own settings win
@@ -53,7 +57,8 @@ class QuietUserErrors(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, (UserError, RunInterrupted)):
             return False  # the CLI prints it once, as its last line
-        return not any(name in record.getMessage() for name in ("UserError", "TrainingInterrupted"))
+        return not any(name in record.getMessage()
+                       for name in ("UserError", "TrainingInterrupted", "StopRequested"))
 
 
 def _quiet_prefect_tracebacks() -> None:
@@ -165,34 +170,123 @@ def cmd_run(args: argparse.Namespace) -> int:
     # resolve the config and the sources before starting Prefect, so their errors come back in a second
     _, cfg = load_pipeline(args.pipeline, args.config, args.overrides, args.sources)
     from flows import pipeline
+    from flows.server import temporary_server
 
     pipeline.preflight(cfg, args.until)
     check_prefect_server()
 
     _quiet_prefect_tracebacks()
     printer = ProgressPrinter()
-    pipeline._PROGRESS["current"] = printer
     print(f"llmpipe: running pipeline '{args.pipeline}' (store: {cfg.store}); starting Prefect...", flush=True)
     flow = pipeline.build_pipeline_flow(args.config) if args.config else pipeline.pipeline_flow
-    try:
-        summary = flow(pipeline=args.pipeline, overrides=args.overrides, sources=args.sources, until=args.until,
-                       config_file=args.config, summary_path=args.summary)
-    except Exception as exc:
-        from tasks.core.errors import RunInterrupted, UserError
-
-        if isinstance(exc, UserError):
-            raise
-        if isinstance(exc, RunInterrupted):
-            print(f"llmpipe: stopped: {exc}", file=sys.stderr)
-            print("llmpipe: rerun the same command to resume from the saved checkpoint.", file=sys.stderr)
-            return 143
-        print(f"llmpipe: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print("llmpipe: finished stages are kept in the store; fix the cause and rerun to resume.", file=sys.stderr)
-        return 1
-    finally:
-        pipeline._PROGRESS.pop("current", None)
+    with StopOnSignals() as stop, temporary_server():
+        if stop.signum is not None:  # a signal while the server started: nothing has run yet
+            return stop.report(None)
+        pipeline._PROGRESS["current"] = printer
+        try:
+            summary, error = run_in_thread(lambda: flow(
+                pipeline=args.pipeline, overrides=args.overrides, sources=args.sources, until=args.until,
+                config_file=args.config, summary_path=args.summary))
+        finally:
+            pipeline._PROGRESS.pop("current", None)
+        if stop.signum is not None and (error is not None or summary is None):
+            return stop.report(error)
+    if error is not None:
+        return _failed(error)
     printer.done(summary)
     return 0 if summary["status"] in ("completed", "partial") else 1
+
+
+def _failed(exc: BaseException) -> int:
+    from tasks.core.errors import RunInterrupted, UserError
+
+    if isinstance(exc, (UserError, KeyboardInterrupt)):
+        raise exc
+    if isinstance(exc, RunInterrupted):
+        print(f"llmpipe: stopped: {exc}", file=sys.stderr)
+        print("llmpipe: rerun the same command to resume from the saved checkpoint.", file=sys.stderr)
+        return 143
+    print(f"llmpipe: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    print("llmpipe: finished stages are kept in the store; fix the cause and rerun to resume.", file=sys.stderr)
+    return 1
+
+
+def run_in_thread(call: Callable[[], Any]) -> tuple[Any, BaseException | None]:
+    """Run the flow in a thread, so the main thread keeps SIGINT and SIGTERM: Prefect installs its own
+    SIGTERM handler only in the main thread, and a handler that raises there would leave the stage
+    threads and the process pool running unattended. Returns (result, exception)."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=copy_context().run, args=(target,), name="llmpipe-flow", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)  # short waits: the main thread runs the signal handlers in between
+    return outcome.get("result"), outcome.get("error")
+
+
+class StopOnSignals:
+    """SIGINT and SIGTERM ask the run to stop: no new stage or shard starts, training writes a checkpoint,
+    running shards finish, the temporary server stays up until then; the exit code is 128 + the signal.
+    A second signal stops at once (the temporary server is still stopped; finished shards are kept)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Self:
+        from tasks.core import stopping
+
+        stopping.clear()
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        from tasks.core import stopping
+
+        if self.signum is None:
+            self.signum = signum
+            stopping.request_stop(signum)
+            print(f"llmpipe: {signal.Signals(signum).name} received: stopping after the running work "
+                  "(send it again to stop at once)", file=sys.stderr, flush=True)
+            return
+        print(f"llmpipe: {signal.Signals(signum).name} again: stopping now; rerun the same command to resume "
+              "(finished work is kept).", file=sys.stderr, flush=True)
+        from flows.server import SessionServer
+
+        for server in list(SessionServer._instances.values()):
+            server.stop()
+        os._exit(128 + self.signum)
+
+    def report(self, error: BaseException | None) -> int:
+        """The last lines after a stop asked for by a signal; returns the exit code."""
+        from tasks.core.errors import RunInterrupted
+        from tasks.core.stopping import StopRequested
+
+        assert self.signum is not None
+        code = 128 + self.signum
+        if isinstance(error, RunInterrupted) and not isinstance(error, StopRequested):  # training saved
+            print(f"llmpipe: stopped: {error}", file=sys.stderr)
+            print("llmpipe: rerun the same command to resume from the saved checkpoint.", file=sys.stderr)
+        elif self.signum == signal.SIGINT:
+            print("llmpipe: interrupted; rerun the same command to resume (finished work is kept).",
+                  file=sys.stderr)
+        else:
+            print(f"llmpipe: stopped by {signal.Signals(self.signum).name}; rerun the same command to resume "
+                  "(finished work is kept).", file=sys.stderr)
+        return code
 
 
 def check_prefect_server(timeout: float = 5.0) -> None:
@@ -230,6 +324,9 @@ class ProgressPrinter:
     def __call__(self, event: str, info: dict[str, Any]) -> None:
         stage = info["stage"]
         if event == "start":
+            from tasks.core.stopping import raise_if_stopping
+
+            raise_if_stopping(f"stage {stage}")  # after a SIGINT/SIGTERM no new stage starts
             note = " (checking the store)" if info.get("cached") else ""
             print(f"  {stage:<9} running...{note}", flush=True)
             return
@@ -252,8 +349,10 @@ class ProgressPrinter:
             extra.append(f"val loss {stats['val_loss']:.3f} nats (a unigram model: "
                          f"{stats.get('val_unigram_baseline_nats') or float('nan'):.3f})")
         counts = "; ".join([c for c in [counts] + extra if c])
-        err = f"  {info.get('error', '')}" if info["status"] == "failed" else ""
-        print(f"  {stage:<9} {info['status']:<15} {info.get('seconds', 0):7.1f}s  {counts}{err}", flush=True)
+        status, err = info["status"], f"  {info.get('error', '')}" if info["status"] == "failed" else ""
+        if err.lstrip().startswith(("StopRequested", "TrainingInterrupted")):
+            status = "stopped"
+        print(f"  {stage:<9} {status:<15} {info.get('seconds', 0):7.1f}s  {counts}{err}", flush=True)
 
     def _units(self, stage: str, info: dict[str, Any]) -> None:
         """`shards 12/40` lines for a long data stage: at most one every few seconds, and the last one."""
