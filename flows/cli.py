@@ -170,7 +170,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     # resolve the config and the sources before starting Prefect, so their errors come back in a second
     _, cfg = load_pipeline(args.pipeline, args.config, args.overrides, args.sources)
     from flows import pipeline
-    from flows.server import temporary_server
 
     pipeline.preflight(cfg, args.until)
     check_prefect_server()
@@ -178,6 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _quiet_prefect_tracebacks()
     printer = ProgressPrinter()
     print(f"llmpipe: running pipeline '{args.pipeline}' (store: {cfg.store}); starting Prefect...", flush=True)
+    from flows.server import temporary_server
     flow = pipeline.build_pipeline_flow(args.config) if args.config else pipeline.pipeline_flow
     with StopOnSignals() as stop, temporary_server():
         if stop.signum is not None:  # a signal while the server started: nothing has run yet
@@ -262,10 +262,15 @@ class StopOnSignals:
             print(f"llmpipe: {signal.Signals(signum).name} received: stopping after the running work "
                   "(send it again to stop at once)", file=sys.stderr, flush=True)
             return
+        sys.stdout.flush()
         print(f"llmpipe: {signal.Signals(signum).name} again: stopping now; rerun the same command to resume "
               "(finished work is kept).", file=sys.stderr, flush=True)
+        import multiprocessing
+
         from flows.server import SessionServer
 
+        for worker in multiprocessing.active_children():  # pool workers ignore SIGTERM; unmarked units are redone
+            worker.kill()
         for server in list(SessionServer._instances.values()):
             server.stop()
         os._exit(128 + self.signum)
