@@ -165,6 +165,12 @@ def cmd_show_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # first of all: every thread and process started from here on inherits the blocked signals
+    with StopOnSignals() as stop:
+        return _run(args, stop)
+
+
+def _run(args: argparse.Namespace, stop: StopOnSignals) -> int:
     from flows.config import load_pipeline
 
     # resolve the config and the sources before starting Prefect, so their errors come back in a second
@@ -179,14 +185,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"llmpipe: running pipeline '{args.pipeline}' (store: {cfg.store}); starting Prefect...", flush=True)
     from flows.server import temporary_server
     flow = pipeline.build_pipeline_flow(args.config) if args.config else pipeline.pipeline_flow
-    with StopOnSignals() as stop, temporary_server():
-        if stop.signum is not None:  # a signal while the server started: nothing has run yet
+    with temporary_server():
+        if stop.wait(0) is not None:  # a signal before the flow started: nothing has run yet
             return stop.report(None)
         pipeline._PROGRESS["current"] = printer
         try:
             summary, error = run_in_thread(lambda: flow(
                 pipeline=args.pipeline, overrides=args.overrides, sources=args.sources, until=args.until,
-                config_file=args.config, summary_path=args.summary))
+                config_file=args.config, summary_path=args.summary), stop)
         finally:
             pipeline._PROGRESS.pop("current", None)
         if stop.signum is not None and (error is not None or summary is None):
@@ -211,10 +217,10 @@ def _failed(exc: BaseException) -> int:
     return 1
 
 
-def run_in_thread(call: Callable[[], Any]) -> tuple[Any, BaseException | None]:
-    """Run the flow in a thread, so the main thread keeps SIGINT and SIGTERM: Prefect installs its own
-    SIGTERM handler only in the main thread, and a handler that raises there would leave the stage
-    threads and the process pool running unattended. Returns (result, exception)."""
+def run_in_thread(call: Callable[[], Any], stop: StopOnSignals) -> tuple[Any, BaseException | None]:
+    """Run the flow in a thread while the main thread waits for SIGINT/SIGTERM. Prefect installs its own
+    SIGTERM handler only in the main thread (one that raises, leaving stage threads and the process pool
+    unattended); in a thread, the flow is left to stop as `stop` asks. Returns (result, exception)."""
     outcome: dict[str, Any] = {}
 
     def target() -> None:
@@ -226,20 +232,27 @@ def run_in_thread(call: Callable[[], Any]) -> tuple[Any, BaseException | None]:
     thread = threading.Thread(target=copy_context().run, args=(target,), name="llmpipe-flow", daemon=True)
     thread.start()
     while thread.is_alive():
-        thread.join(0.2)  # short waits: the main thread runs the signal handlers in between
+        stop.wait(0.2)
     return outcome.get("result"), outcome.get("error")
 
 
 class StopOnSignals:
     """SIGINT and SIGTERM ask the run to stop: no new stage or shard starts, training writes a checkpoint,
     running shards finish, the temporary server stays up until then; the exit code is 128 + the signal.
-    A second signal stops at once (the temporary server is still stopped; finished shards are kept)."""
+    A second signal stops at once (the temporary server is still stopped; finished shards are kept).
+
+    The signals are blocked in this thread from the start, so every thread and process of the run inherits
+    the block: a Ctrl-C or `docker stop` sent to the whole process group reaches none of the pool's or
+    Dask's workers, only this process, whose main thread takes it with `wait`. Processes that must see
+    signals unblock them (the temporary server, the training launcher); the handlers installed here catch
+    one that lands in a thread while it does."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._mask: set[int] | None = None
 
     def __enter__(self) -> Self:
         from tasks.core import stopping
@@ -247,11 +260,27 @@ class StopOnSignals:
         stopping.clear()
         for sig in self.SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        # multiprocessing starts its resource tracker (once) with SIGINT/SIGTERM blocked, then UNblocks them
+        # in the calling thread: started now, it cannot undo the block below
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+        self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)  # a pending signal reaches _handle here
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+    def wait(self, seconds: float) -> int | None:
+        """Take a pending SIGINT/SIGTERM (waiting up to `seconds`); returns the first stop's signal."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)  # in case a library unblocked them here
+        info = signal.sigtimedwait(self.SIGNALS, seconds)
+        if info is not None:
+            self._handle(info.si_signo, None)
+        return self.signum
 
     def _handle(self, signum: int, frame: Any) -> None:
         from tasks.core import stopping

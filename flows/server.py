@@ -30,6 +30,7 @@ from prefect.settings import (
 # that started it is gone: in its own session, it no longer dies with llmpipe's process group
 _WATCHED_UVICORN = """
 import os, signal, sys, threading, time
+signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))  # llmpipe's run blocks them
 parent = int(sys.argv.pop(1))
 def watch():
     while os.getppid() == parent:

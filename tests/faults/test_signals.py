@@ -52,7 +52,7 @@ def test_a_signal_is_recorded_as_a_stop_and_reported_with_its_exit_code(capsys):
     try:
         with StopOnSignals() as stop:
             os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.05)  # the handler runs in the main thread between bytecodes
+            assert stop.wait(0.5) == signal.SIGTERM  # blocked: the main thread takes it when it waits
             assert stop.signum == stopping.stop_signal() == signal.SIGTERM
             with pytest.raises(stopping.StopRequested, match="SIGTERM arrived before stage clean started"):
                 stopping.raise_if_stopping("stage clean")
