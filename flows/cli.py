@@ -183,7 +183,7 @@ def _run(args: argparse.Namespace, stop: StopOnSignals) -> int:
     _quiet_prefect_tracebacks()
     printer = ProgressPrinter()
     print(f"llmpipe: running pipeline '{args.pipeline}' (store: {cfg.store}); starting Prefect...", flush=True)
-    from flows.server import temporary_server
+    from flows.server import send_pending_records, temporary_server
     flow = pipeline.build_pipeline_flow(args.config) if args.config else pipeline.pipeline_flow
     with temporary_server():
         if stop.wait(0) is not None:  # a signal before the flow started: nothing has run yet
@@ -195,6 +195,7 @@ def _run(args: argparse.Namespace, stop: StopOnSignals) -> int:
                 config_file=args.config, summary_path=args.summary), stop)
         finally:
             pipeline._PROGRESS.pop("current", None)
+            send_pending_records()  # the run's last log lines reach the server (ours or the user's) now
         if stop.signum is not None and (error is not None or summary is None):
             return stop.report(error)
     if error is not None:

@@ -80,13 +80,13 @@ def temporary_server() -> Iterator[SessionServer | None]:
     finally:
         try:
             if server.running:
-                _send_pending_records()
+                send_pending_records()
         finally:
             os.environ.pop("PREFECT_API_URL", None)
             server.stop()
 
 
-def _send_pending_records(timeout: float = 10.0) -> None:
+def send_pending_records(timeout: float = 10.0) -> None:
     """Prefect sends logs and events from background workers; they must reach the server before it stops
     (at interpreter exit they would retry a closed port for a minute and print `Error logging to API`)."""
     from prefect.events.worker import EventsWorker
