@@ -58,7 +58,7 @@ class QuietUserErrors(logging.Filter):
         if isinstance(exc, (UserError, RunInterrupted)):
             return False  # the CLI prints it once, as its last line
         return not any(name in record.getMessage()
-                       for name in ("UserError", "TrainingInterrupted", "StopRequested"))
+                       for name in ("UserError", "RunInterrupted", "TrainingInterrupted", "StopRequested"))
 
 
 def _quiet_prefect_tracebacks() -> None:
@@ -385,7 +385,7 @@ class ProgressPrinter:
                          f"{stats.get('val_unigram_baseline_nats') or float('nan'):.3f})")
         counts = "; ".join([c for c in [counts] + extra if c])
         status, err = info["status"], f"  {info.get('error', '')}" if info["status"] == "failed" else ""
-        if err.lstrip().startswith(("StopRequested", "TrainingInterrupted")):
+        if err.lstrip().startswith(("StopRequested", "TrainingInterrupted", "RunInterrupted")):
             status = "stopped"
         print(f"  {stage:<9} {status:<15} {info.get('seconds', 0):7.1f}s  {counts}{err}", flush=True)
 
