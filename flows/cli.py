@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from contextvars import copy_context
+from typing import Any, Self
 
 PREFECT_DEFAULTS = {
     # offline-friendly defaults; a user's own settings win
@@ -53,7 +57,8 @@ class QuietUserErrors(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, (UserError, RunInterrupted)):
             return False  # the CLI prints it once, as its last line
-        return not any(name in record.getMessage() for name in ("UserError", "TrainingInterrupted"))
+        return not any(name in record.getMessage()
+                       for name in ("UserError", "RunInterrupted", "TrainingInterrupted", "StopRequested"))
 
 
 def _quiet_prefect_tracebacks() -> None:
@@ -162,6 +167,12 @@ def cmd_show_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # first of all: every thread and process started from here on inherits the blocked signals
+    with StopOnSignals() as stop:
+        return _run(args, stop)
+
+
+def _run(args: argparse.Namespace, stop: StopOnSignals) -> int:
     from flows.config import load_pipeline
 
     # resolve the config and the sources before starting Prefect, so their errors come back in a second
@@ -173,28 +184,146 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _quiet_prefect_tracebacks()
     printer = ProgressPrinter()
-    pipeline._PROGRESS["current"] = printer
     print(f"llmpipe: running pipeline '{args.pipeline}' (store: {cfg.store}); starting Prefect...", flush=True)
+    from flows.server import send_pending_records, temporary_server
     flow = pipeline.build_pipeline_flow(args.config) if args.config else pipeline.pipeline_flow
-    try:
-        summary = flow(pipeline=args.pipeline, overrides=args.overrides, sources=args.sources, until=args.until,
-                       config_file=args.config, summary_path=args.summary)
-    except Exception as exc:
-        from tasks.core.errors import RunInterrupted, UserError
-
-        if isinstance(exc, UserError):
-            raise
-        if isinstance(exc, RunInterrupted):
-            print(f"llmpipe: stopped: {exc}", file=sys.stderr)
-            print("llmpipe: rerun the same command to resume from the saved checkpoint.", file=sys.stderr)
-            return 143
-        print(f"llmpipe: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print("llmpipe: finished stages are kept in the store; fix the cause and rerun to resume.", file=sys.stderr)
-        return 1
-    finally:
-        pipeline._PROGRESS.pop("current", None)
+    with temporary_server():
+        if stop.wait(0) is not None:  # a signal before the flow started: nothing has run yet
+            return stop.report(None)
+        pipeline._PROGRESS["current"] = printer
+        try:
+            summary, error = run_in_thread(lambda: flow(
+                pipeline=args.pipeline, overrides=args.overrides, sources=args.sources, until=args.until,
+                config_file=args.config, summary_path=args.summary), stop)
+        finally:
+            pipeline._PROGRESS.pop("current", None)
+            send_pending_records()  # the run's last log lines reach the server (ours or the user's) now
+        if stop.signum is not None and (error is not None or summary is None):
+            return stop.report(error)
+    if error is not None:
+        return _failed(error)
     printer.done(summary)
     return 0 if summary["status"] in ("completed", "partial") else 1
+
+
+def _failed(exc: BaseException) -> int:
+    from tasks.core.errors import RunInterrupted, UserError
+
+    if isinstance(exc, (UserError, KeyboardInterrupt)):
+        raise exc
+    if isinstance(exc, RunInterrupted):
+        print(f"llmpipe: stopped: {exc}", file=sys.stderr)
+        print("llmpipe: rerun the same command to resume from the saved checkpoint.", file=sys.stderr)
+        return 143
+    print(f"llmpipe: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    print("llmpipe: finished stages are kept in the store; fix the cause and rerun to resume.", file=sys.stderr)
+    return 1
+
+
+def run_in_thread(call: Callable[[], Any], stop: StopOnSignals) -> tuple[Any, BaseException | None]:
+    """Run the flow in a thread while the main thread waits for SIGINT/SIGTERM. Prefect installs its own
+    SIGTERM handler only in the main thread (one that raises, leaving stage threads and the process pool
+    unattended); in a thread, the flow is left to stop as `stop` asks. Returns (result, exception)."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=copy_context().run, args=(target,), name="llmpipe-flow", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        stop.wait(0.2)
+    return outcome.get("result"), outcome.get("error")
+
+
+class StopOnSignals:
+    """SIGINT and SIGTERM ask the run to stop: no new stage or shard starts, training writes a checkpoint,
+    running shards finish, the temporary server stays up until then; the exit code is 128 + the signal.
+    A second signal stops at once (the temporary server is still stopped; finished shards are kept).
+
+    The signals are blocked in this thread from the start, so every thread and process of the run inherits
+    the block: a Ctrl-C or `docker stop` sent to the whole process group reaches none of the pool's or
+    Dask's workers, only this process, whose main thread takes it with `wait`. Processes that must see
+    signals unblock them (the temporary server, the training launcher); the handlers installed here catch
+    one that lands in a thread while it does."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._mask: set[int] | None = None
+
+    def __enter__(self) -> Self:
+        from tasks.core import stopping
+
+        stopping.clear()
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        # multiprocessing starts its resource tracker (once) with SIGINT/SIGTERM blocked, then UNblocks them
+        # in the calling thread: started now, it cannot undo the block below
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+        self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)  # a pending signal reaches _handle here
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def wait(self, seconds: float) -> int | None:
+        """Take a pending SIGINT/SIGTERM (waiting up to `seconds`); returns the first stop's signal."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)  # in case a library unblocked them here
+        info = signal.sigtimedwait(self.SIGNALS, seconds)
+        if info is not None:
+            self._handle(info.si_signo, None)
+        return self.signum
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        from tasks.core import stopping
+
+        if self.signum is None:
+            self.signum = signum
+            stopping.request_stop(signum)
+            print(f"llmpipe: {signal.Signals(signum).name} received: stopping after the running work "
+                  "(send it again to stop at once)", file=sys.stderr, flush=True)
+            return
+        sys.stdout.flush()
+        print(f"llmpipe: {signal.Signals(signum).name} again: stopping now; rerun the same command to resume "
+              "(finished work is kept).", file=sys.stderr, flush=True)
+        import multiprocessing
+
+        from flows.server import SessionServer
+
+        for worker in multiprocessing.active_children():  # pool workers ignore SIGTERM; unmarked units are redone
+            worker.kill()
+        for server in list(SessionServer._instances.values()):
+            server.stop()
+        os._exit(128 + self.signum)
+
+    def report(self, error: BaseException | None) -> int:
+        """The last lines after a stop asked for by a signal; returns the exit code."""
+        from tasks.core.errors import RunInterrupted
+        from tasks.core.stopping import StopRequested
+
+        assert self.signum is not None
+        code = 128 + self.signum
+        if isinstance(error, RunInterrupted) and not isinstance(error, StopRequested):  # training saved
+            print(f"llmpipe: stopped: {error}", file=sys.stderr)
+            print("llmpipe: rerun the same command to resume from the saved checkpoint.", file=sys.stderr)
+        elif self.signum == signal.SIGINT:
+            print("llmpipe: interrupted; rerun the same command to resume (finished work is kept).",
+                  file=sys.stderr)
+        else:
+            print(f"llmpipe: stopped by {signal.Signals(self.signum).name}; rerun the same command to resume "
+                  "(finished work is kept).", file=sys.stderr)
+        return code
 
 
 def check_prefect_server(timeout: float = 5.0) -> None:
@@ -232,6 +361,9 @@ class ProgressPrinter:
     def __call__(self, event: str, info: dict[str, Any]) -> None:
         stage = info["stage"]
         if event == "start":
+            from tasks.core.stopping import raise_if_stopping
+
+            raise_if_stopping(f"stage {stage}")  # after a SIGINT/SIGTERM no new stage starts
             note = " (checking the store)" if info.get("cached") else ""
             print(f"  {stage:<9} running...{note}", flush=True)
             return
@@ -255,8 +387,10 @@ class ProgressPrinter:
                          f"{stats.get('val_unigram_baseline_nats') or float('nan'):.3f}, Kneser-Ney bigram: "
                          f"{stats.get('val_bigram_baseline_nats') or float('nan'):.3f})")
         counts = "; ".join([c for c in [counts] + extra if c])
-        err = f"  {info.get('error', '')}" if info["status"] == "failed" else ""
-        print(f"  {stage:<9} {info['status']:<15} {info.get('seconds', 0):7.1f}s  {counts}{err}", flush=True)
+        status, err = info["status"], f"  {info.get('error', '')}" if info["status"] == "failed" else ""
+        if err.lstrip().startswith(("StopRequested", "TrainingInterrupted", "RunInterrupted")):
+            status = "stopped"
+        print(f"  {stage:<9} {status:<15} {info.get('seconds', 0):7.1f}s  {counts}{err}", flush=True)
 
     def _units(self, stage: str, info: dict[str, Any]) -> None:
         """`shards 12/40` lines for a long data stage: at most one every few seconds, and the last one."""

@@ -21,13 +21,18 @@ import importlib
 import logging
 import multiprocessing as mp
 import os
+import signal
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor as _FuturesExecutor
-from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Protocol
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
 from tasks.core.result import Account
+from tasks.core.stopping import StopRequested, raise_if_stopping, stop_signal
 from tasks.core.store import Store
 
 log = logging.getLogger("llmpipe")
@@ -65,6 +70,7 @@ def resolve(fn_ref: str) -> Callable[[WorkUnit], UnitResult]:
 
 def execute_unit(fn_ref: str, unit: WorkUnit) -> UnitResult:
     """Run one unit unless an earlier run already finished it; write its marker last."""
+    raise_if_stopping(f"{unit.stage} unit {unit.unit_id}")
     store = Store(unit.store_root)
     marker = marker_uri(unit)
     if store.exists(marker):
@@ -127,12 +133,19 @@ class SerialExecutor:
         return [execute_unit(fn_ref, u) for u in units]
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class PoolExecutor:
-    """Runs units on a local process pool. Uses forkserver: the parent runs Prefect's threads."""
+    """Runs units on a local process pool. Uses forkserver: the parent runs Prefect's threads.
+
+    The workers ignore SIGINT and SIGTERM (tasks/core/preload.py): a Ctrl-C reaches the whole process
+    group, and the parent decides; after a stop it hands out no more units, lets the running ones finish
+    (their markers make them count on a rerun) and shuts the pool down."""
 
     def __init__(self, workers: int = 0, preload: list[str] | None = None, close_after_map: bool = False):
         self.workers = workers or os.cpu_count() or 1
-        self.preload = preload or []
+        self.preload = list(dict.fromkeys(["tasks.core.preload", *(preload or [])]))
         self.close_after_map = close_after_map  # a pool made for one stage call is not left running
         self._pool: _FuturesExecutor | None = None
 
@@ -141,28 +154,61 @@ class PoolExecutor:
         if self._pool is None:
             method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
             ctx = mp.get_context(method)
-            if method == "forkserver" and self.preload:
-                ctx.set_forkserver_preload(self.preload)
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            if method == "forkserver":
+                ctx.set_forkserver_preload(self.preload)  # the forkserver ignores the signals too
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx,
+                                             initializer=ignore_stop_signals)
         return self._pool
 
     def map_units(self, fn_ref: str, units: list[WorkUnit]) -> list[UnitResult]:
         if self.workers <= 1 or len(units) <= 1:
             return SerialExecutor().map_units(fn_ref, units)
         try:
-            futures = [self.pool.submit(execute_unit, fn_ref, u) for u in units]
-            return [f.result() for f in futures]
+            with _stop_signals_blocked():
+                futures = [self.pool.submit(execute_unit, fn_ref, u) for u in units]
+            return [_result(f, u) for f, u in zip(futures, units)]
         finally:
             if self.close_after_map:
                 self.shutdown()
 
     def submit(self, fn_ref: str, unit: WorkUnit) -> UnitResult:
-        return self.pool.submit(execute_unit, fn_ref, unit).result()
+        raise_if_stopping(f"{unit.stage} unit {unit.unit_id}")
+        with _stop_signals_blocked():
+            future = self.pool.submit(execute_unit, fn_ref, unit)
+        return _result(future, unit)
 
     def shutdown(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+
+
+def _result(future: Future, unit: WorkUnit) -> UnitResult:
+    """The unit's result; after a stop, a unit still waiting for a worker is cancelled instead."""
+    while True:
+        try:
+            return future.result(timeout=0.25)
+        except FuturesTimeout:
+            if stop_signal() is not None and future.cancel():
+                raise StopRequested(f"{unit.stage} unit {unit.unit_id} was not started: a stop was asked "
+                                    "for") from None
+
+
+@contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Submitting may start the forkserver and workers; they inherit this thread's signal mask, so a
+    Ctrl-C that lands while they start (before they ignore it) is never delivered to them."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def ignore_stop_signals() -> None:
+    """In pool workers: SIGINT/SIGTERM sent to the process group are the parent's to handle."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def default_executor(workers: int = 0) -> Executor:

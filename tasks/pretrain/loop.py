@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from tasks.core.errors import RunInterrupted, UserError
+from tasks.core.stopping import stop_signal
 from tasks.pretrain.checkpoint import Checkpoints, load_weights
 
 log = logging.getLogger("llmpipe.pretrain")
@@ -319,16 +320,26 @@ class MetricsLog:
 
 
 class StopSignal:
-    """Turns SIGTERM into a flag the loop checks between steps (main thread only)."""
+    """Turns SIGTERM into a flag the loop checks between steps: its own handler in the main thread, and
+    the stop the `llmpipe` command records (SIGINT or SIGTERM, tasks/core/stopping.py) in any thread."""
 
     def __init__(self):
-        self.requested = False
+        self.signum: int | None = None
         self._previous = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
 
+    @property
+    def requested(self) -> bool:
+        return self.name is not None
+
+    @property
+    def name(self) -> str | None:
+        signum = self.signum or stop_signal()
+        return signal.Signals(signum).name if signum else None
+
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        self.signum = signum
 
     def restore(self) -> None:
         if self._previous is not None:
@@ -397,7 +408,8 @@ class Loop:
                 if self._stop_requested():
                     self.flush()
                     self.checkpoint()
-                    raise TrainingInterrupted(f"SIGTERM at step {t.step}: checkpoint {self.last_checkpoint}; "
+                    raise TrainingInterrupted(f"{self.stop.name or 'SIGTERM'} at step {t.step}: checkpoint "
+                                              f"{self.last_checkpoint}; "
                                               "rerun the same command to resume")
                 if cfg.eval_every and t.step % cfg.eval_every == 0 and not last:
                     self.validate()

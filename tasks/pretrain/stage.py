@@ -12,9 +12,12 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -25,9 +28,10 @@ from pydantic import Field, model_validator
 from models.config import GPTConfig, pad_vocab
 from tasks.core.artifacts import Artifact, Markdown, rounded
 from tasks.core.config import StageConfig
-from tasks.core.errors import ConfigError, UserError
+from tasks.core.errors import ConfigError, RunInterrupted, UserError
 from tasks.core.result import StageResult
 from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
+from tasks.core.stopping import stop_signal
 from tasks.core.token_shards import read_index
 
 log = logging.getLogger("llmpipe.pretrain")
@@ -211,8 +215,16 @@ def launch(run_json: Path, num_processes: int, distributed: str,
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     emit("launching: " + " ".join(cmd))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            bufsize=1)
+    # In a session of its own, a Ctrl-C to the terminal's process group does not reach the training
+    # processes: `llmpipe` decides and forwards a stop as SIGTERM (they checkpoint and exit). It runs stages
+    # with SIGINT/SIGTERM blocked (flows/cli.py), a mask the launcher would inherit: unblocked for it.
+    previous = signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                bufsize=1, start_new_session=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    threading.Thread(target=_forward_stop, args=(proc,), daemon=True).start()
     try:
         for line in proc.stdout:
             emit(line.rstrip())
@@ -224,12 +236,25 @@ def launch(run_json: Path, num_processes: int, distributed: str,
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    if code != 0 and stop_signal() is not None:
+        raise RunInterrupted(f"{signal.Signals(stop_signal()).name}: the training processes wrote a checkpoint "
+                             f"in {out_dir / 'checkpoints'} and stopped; rerun the same command to resume")
     if code != 0:
         error = out_dir / LAUNCH_ERROR
         if error.exists():
             raise UserError(json.loads(error.read_text())["message"])
         raise RuntimeError(f"training processes exited with status {code}; their log is above")
     return json.loads((out_dir / "model" / "metrics.json").read_text())
+
+
+def _forward_stop(proc: subprocess.Popen) -> None:
+    """A stop asked of `llmpipe` (tasks/core/stopping.py) reaches the launcher as SIGTERM, which it passes
+    on to the training processes: they checkpoint and exit."""
+    while proc.poll() is None:
+        if stop_signal() is not None:
+            proc.terminate()
+            return
+        time.sleep(0.5)
 
 
 # reporting -------------------------------------------------------------------------------------------
