@@ -20,7 +20,7 @@ from tasks.core.units import PoolExecutor
 
 REPO = Path(__file__).resolve().parents[2]
 INTERRUPTED = "llmpipe: interrupted; rerun the same command to resume (finished work is kept)."
-SMALL = ["collect.max_docs=120", "pii.nlp_model=null", "tokenize.vocab_size=512", "pretrain.max_steps=40",
+SMALL = ["collect.max_docs=120", "pii.nlp_model=null", "tokenize.vocab_size=512", "pretrain.max_steps=200",
          "pretrain.n_layer=2", "pretrain.n_embd=32", "pretrain.n_head=2", "pretrain.block_size=64",
          "pretrain.micro_batch=8", "pretrain.log_every=10", "pretrain.eval_every=0", "pretrain.checkpoint_every=0"]
 
@@ -139,4 +139,4 @@ def test_ctrl_c_in_a_data_stage_and_sigterm_in_training_stop_cleanly_and_resume(
     assert third.finish() == 0, third.output
     assert "Traceback" not in third.output
     stats = json.loads(summary.read_text())["stages"]["pretrain"]["stats"]
-    assert stats["resumed_from_step"] >= 10 and stats["steps"] == 40
+    assert stats["resumed_from_step"] >= 10 and stats["steps"] == 200
