@@ -48,18 +48,6 @@ FILLER = [
 ]
 
 
-@pytest.fixture(scope="module")
-def engine() -> PiiEngine:
-    return PiiEngine(PiiConfig(nlp_model=None))
-
-
-@pytest.fixture(scope="module")
-def ner_engine() -> PiiEngine:
-    if not spacy_model_available(NER_MODEL):
-        pytest.skip(f"spaCy model {NER_MODEL} is not installed (pip install -e .[test])")
-    return PiiEngine(PiiConfig(nlp_model=NER_MODEL))
-
-
 def _ctx(tmp_path: Path, workers: int = 1) -> RunContext:
     return RunContext(store=str(tmp_path / "store"), pipeline="test", run_id="t1",
                       runner=RunnerConfig(workers=workers))

