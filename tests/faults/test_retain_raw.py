@@ -24,7 +24,7 @@ def _corpus(tmp_path: Path) -> Path:
 def _run(tmp_path: Path, corpus: Path, *extra: str) -> dict:
     out = tmp_path / "s.json"
     args = ["run", "demo", "--source", str(corpus), "--until", "pii", "--set", f"store={tmp_path / 'store'}",
-            "--set", "pii.nlp_model=null", "--set", "retain_raw=false", *extra, "--summary", str(out)]
+            "--set", "pii.nlp_model=null", "--set", "retain_raw=false", "--set", "runner.workers=1", *extra, "--summary", str(out)]
     assert main(args) == 0
     return json.loads(out.read_text())
 

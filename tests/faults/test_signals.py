@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 INTERRUPTED = "llmpipe: interrupted; rerun the same command to resume (finished work is kept)."
 SMALL = ["collect.max_docs=120", "pii.nlp_model=null", "tokenize.vocab_size=512", "pretrain.max_steps=200",
          "pretrain.n_layer=2", "pretrain.n_embd=32", "pretrain.n_head=2", "pretrain.block_size=64",
-         "pretrain.micro_batch=8", "pretrain.log_every=10", "pretrain.eval_every=0", "pretrain.checkpoint_every=0"]
+         "pretrain.micro_batch=8", "pretrain.log_every=10", "pretrain.eval_every=0", "pretrain.checkpoint_every=0",
+         "runner.workers=1"]  # pool workers' signal handling has its own test above
 
 
 def _ignored_signals(pid: int) -> set[int]:
