@@ -173,12 +173,20 @@ def run_pretrain(inputs: Inputs, out_uri: str, cfg: PretrainConfig, ctx: RunCont
         outputs["tokenizer"] = "model/tokenizer.json"
     if png:
         outputs["loss_curve"] = "loss.png"
+    stats = {}
+    if cfg.mlp == "swiglu":  # also as a Hugging Face Llama directory (AutoModelForCausalLM loads it)
+        from tasks.pretrain.export import export_hf
+
+        hf = export_hf(out_dir / "model", out_dir / "hf")
+        outputs["hf_model"] = sorted(f"hf/{p.name}" for p in hf.iterdir() if p.is_file())
+    else:
+        stats["hf_export"] = "none: mlp 'gelu' has no Llama form (Llama's MLP is gated)"
     stats_keys = ("steps", "tokens", "train_loss", "val_loss", "tokens_per_s", "mfu", "seconds", "params",
                   "processes", "device", "precision", "resumed_from_step", "loss_units",
                   "val_unigram_entropy_nats", "val_unigram_entropy_bits", "val_below_unigram",
                   "unigram_entropy_nats", "val_unigram_baseline_nats", "val_bigram_baseline_nats",
                   "val_below_bigram")
-    return StageOutput(outputs=outputs, stats={k: summary.get(k) for k in stats_keys if k in summary})
+    return StageOutput(outputs=outputs, stats=stats | {k: summary.get(k) for k in stats_keys if k in summary})
 
 
 def pretrain_key_inputs(cfg: PretrainConfig, ctx: RunContext) -> dict[str, Any]:

@@ -182,6 +182,7 @@ def test_whole_pipeline_smoke_on_cpu(tmp_path):
     assert pre["stats"]["steps"] == 30 and pre["stats"]["val_loss"] < pre["stats"]["val_unigram_baseline_nats"] + 1
     model_dir = Path(pre["uri"]) / "model"
     assert (model_dir / "model.safetensors").exists() and (model_dir / "tokenizer.json").exists()
+    assert json.loads((Path(pre["uri"]) / "hf" / "config.json").read_text())["model_type"] == "llama"
     keys = _artifact_keys(s["run_id"])
     assert {"demo-collect-sources", "demo-pii-entities", "demo-tokenize-stats", "demo-pretrain-training",
             "demo-run-summary", "demo-dedup-account"} <= keys

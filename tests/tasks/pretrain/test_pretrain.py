@@ -89,7 +89,9 @@ def test_stage_outputs_stats_and_lineage(finished, tokens):
     for rel in ("model/model.safetensors", "model/config.json", "model/tokenizer.json", "model/lineage.json",
                 "metrics.jsonl", "loss.png", "run.json"):
         assert (out / rel).exists(), rel
-    assert set(result.outputs) >= {"model", "model_config", "metrics", "tokenizer", "loss_curve", "lineage"}
+    assert set(result.outputs) >= {"model", "model_config", "metrics", "tokenizer", "loss_curve", "lineage",
+                                   "hf_model"}
+    assert {"hf/config.json", "hf/model.safetensors", "hf/extra_heads.safetensors"} <= set(result.outputs["hf_model"])
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "model" / "tokenizer.json").read_text() == Path(tokens.files("tokenizer")[0]).read_text()
     stats = result.stats
