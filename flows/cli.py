@@ -179,7 +179,7 @@ def _run(args: argparse.Namespace, stop: StopOnSignals) -> int:
     _, cfg = load_pipeline(args.pipeline, args.config, args.overrides, args.sources)
     from flows import pipeline
 
-    pipeline.preflight(cfg, args.until)
+    pipeline.preflight(cfg, args.until, remember=True)
     check_prefect_server()
 
     _quiet_prefect_tracebacks()
@@ -361,9 +361,6 @@ class ProgressPrinter:
     def __call__(self, event: str, info: dict[str, Any]) -> None:
         stage = info["stage"]
         if event == "start":
-            from tasks.core.stopping import raise_if_stopping
-
-            raise_if_stopping(f"stage {stage}")  # after a SIGINT/SIGTERM no new stage starts
             note = " (checking the store)" if info.get("cached") else ""
             print(f"  {stage:<9} running...{note}", flush=True)
             return

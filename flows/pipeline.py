@@ -22,14 +22,17 @@ from prefect.states import Completed
 from flows import executors, report
 from flows.config import dump_yaml, load_pipeline, read_config_file
 from flows.stages import BY_NAME, STAGE_NAMES, STAGES, needed_for, prefect_task
+from tasks.core.config import stable_hash
 from tasks.core.errors import ConfigError, UserError
 from tasks.core.result import StageResult
 from tasks.core.stage import RunContext, Stage, plan_stage, register_executor, result_from_manifest
+from tasks.core.stopping import raise_if_stopping
 from tasks.core.store import Store
 
 log = logging.getLogger("llmpipe")
 Progress = Callable[[str, dict[str, Any]], None]
 _PROGRESS: dict[str, Progress] = {}  # the CLI's progress printer (not a flow parameter: not serializable)
+_PREFLIGHTED: set[str] = set()  # configs the command line checked for the flow run it is starting
 BLOCKED = ("failed", "not_implemented", "not_run")
 
 
@@ -87,12 +90,19 @@ def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] 
     return summary
 
 
-def preflight(cfg: Any, until: str | None = None) -> None:
-    """Every stage's cheap checks (sources exist, servers answer) before anything runs."""
+def preflight(cfg: Any, until: str | None = None, remember: bool = False) -> None:
+    """Every stage's cheap checks (sources exist, servers answer) before anything runs. The command line
+    runs them before starting Prefect (`remember=True`), and the flow run it starts then skips them."""
+    done = stable_hash([cfg.canonical(), until])
+    if done in _PREFLIGHTED:
+        _PREFLIGHTED.discard(done)
+        return
     wanted = needed_for(until) if until else STAGE_NAMES
     for stage in STAGES:
         if stage.built and stage.preflight is not None and stage.name in wanted:
             stage.preflight(getattr(cfg, stage.name))
+    if remember:
+        _PREFLIGHTED.add(done)
 
 
 def _send_logs_to_prefect() -> None:
@@ -197,6 +207,7 @@ def _run_one(stage: Stage, cfg: Any, ctx: RunContext, results: dict[str, StageRe
         if not plan.complete and any(r.purged for r in inputs.values()):
             inputs = {r: _restored(results[r], cfg, ctx, results) for r in stage.reads}
             plan = plan_stage(stage, stage_cfg, inputs, ctx)
+        raise_if_stopping(f"stage {name}")  # after a SIGINT/SIGTERM (tasks/core/stopping.py) no stage starts
         progress("start", {"stage": name, "cached": plan.complete})
         result = prefect_task(stage).with_options(refresh_cache=not plan.complete)(plan, stage_cfg, inputs, ctx)
         if plan.complete:  # the store, not Prefect's cached copy, says whether it was purged since
@@ -219,8 +230,8 @@ def _restored(result: StageResult, cfg: Any, ctx: RunContext, results: dict[str,
         return result
     stage = BY_NAME[result.stage]
     inputs = {r: _restored(results[r], cfg, ctx, results) for r in stage.reads}
-    log.info("%s: regenerating the raw text deleted after pii (retain_raw: false), which %s needs again",
-             stage.name, "a later stage")
+    log.info("%s: regenerating the raw text deleted after pii (retain_raw: false): a later stage needs it",
+             stage.name)
     store = ctx.open_store()
     store.invalidate(result.uri)
     store.rm(f"{result.uri}/_units")  # its units' files were deleted with the text: redo them all

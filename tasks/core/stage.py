@@ -174,8 +174,9 @@ def plan_stage(stage: Stage, cfg: StageConfig, inputs: Inputs, ctx: RunContext) 
     key = stage_key(stage.name, key_cfg, digests, code)
     uri = store.stage_dir(stage.name, key)
     damaged = check_output(store, stage.name, uri, hashes=ctx.verify == "hashes")
+    # a damaged output's manifest was withdrawn just now: what still has one was checked and is intact
     return StagePlan(stage=stage.name, key=key, uri=uri, inputs=digests, code=code,
-                     complete=store.is_complete(uri), damaged=damaged)
+                     complete=store.exists(f"{uri}/{MANIFEST}"), damaged=damaged)
 
 
 def check_output(store: Store, stage: str, uri: str, hashes: bool = False) -> list[str]:
@@ -183,13 +184,14 @@ def check_output(store: Store, stage: str, uri: str, hashes: bool = False) -> li
     reusing the work units whose files are intact) and what differs is logged by name."""
     if not store.exists(f"{uri}/{MANIFEST}"):
         return []
-    problems = store.check(uri, hashes)
-    if problems:
+    damaged = store.damage(uri, hashes)
+    problems = [f"{path}: {why}" for path, why in damaged.items()]
+    if damaged:
         log.warning("%s: the finished output in %s does not match its manifest: %s. Rerunning the stage "
                     "from what is still intact.", stage, uri, "; ".join(problems))
         store.invalidate(uri)
         # a unit marker vouches only for sizes: the units that wrote a damaged file are redone
-        drop_markers_for(store, uri, {p.split(": ", 1)[0] for p in problems})
+        drop_markers_for(store, uri, set(damaged))
     return problems
 
 

@@ -111,7 +111,11 @@ class Store:
         return self.exists(f"{stage_uri}/{MANIFEST}") and not self.check(stage_uri, hashes)
 
     def check(self, stage_uri: str, hashes: bool = False) -> list[str]:
-        """What differs between a finished output and its manifest, one line per file (empty: intact).
+        """What differs between a finished output and its manifest, one `path: what` line per file."""
+        return [f"{path}: {why}" for path, why in self.damage(stage_uri, hashes).items()]
+
+    def damage(self, stage_uri: str, hashes: bool = False) -> dict[str, str]:
+        """{file: what differs} between a finished output and its manifest (empty: intact).
 
         Always: every listed file exists with its recorded size (cheap: one stat each). With `hashes`,
         also its SHA-256 (reads every byte: `llmpipe verify`, or `verify: hashes` in the config).
@@ -119,22 +123,22 @@ class Store:
         try:
             manifest = self.read_manifest(stage_uri)
         except FileNotFoundError:
-            return [f"{MANIFEST}: missing"]
+            return {MANIFEST: "missing"}
         except (OSError, ValueError) as exc:
-            return [f"{MANIFEST}: unreadable ({exc})"]
-        problems = []
+            return {MANIFEST: f"unreadable ({exc})"}
+        damaged = {}
         purged = set((manifest.get("purged") or {}).get("files", []))
         for entry in manifest.get("files", []):
             if entry["path"] in purged:  # deleted on purpose (retain_raw: false); restored when needed
                 continue
             uri = f"{stage_uri}/{entry['path']}"
             if not self.fs.exists(uri):
-                problems.append(f"{entry['path']}: missing")
+                damaged[entry["path"]] = "missing"
             elif (size := self.fs.size(uri)) != entry["bytes"]:
-                problems.append(f"{entry['path']}: {size:,} bytes, the manifest says {entry['bytes']:,}")
+                damaged[entry["path"]] = f"{size:,} bytes, the manifest says {entry['bytes']:,}"
             elif hashes and self.file_digest(uri) != entry["sha256"]:
-                problems.append(f"{entry['path']}: SHA-256 differs from the manifest (same size: changed bytes)")
-        return problems
+                damaged[entry["path"]] = "SHA-256 differs from the manifest (same size: changed bytes)"
+        return damaged
 
     def make_private(self, uri: str) -> None:
         """Owner-only access (0700) to a directory and its parent, on a local store (remote stores
