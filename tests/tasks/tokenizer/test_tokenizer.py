@@ -516,6 +516,15 @@ def kill_at_unit(monkeypatch, unit_id: str) -> None:
     monkeypatch.setattr(stage_module, "pack_unit", pack_or_die)
 
 
+def killed_run(root, upstream, monkeypatch, unit_id: str = "u00001"):
+    """A packed-config run killed at `unit_id`; returns its (unfinished) output directory."""
+    kill_at_unit(monkeypatch, unit_id)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize(root, upstream, **PACKED_CFG)
+    monkeypatch.undo()
+    return next((root / "store" / "tokenize").iterdir())
+
+
 def test_a_killed_run_resumes_by_unit_and_equals_an_uninterrupted_run(tmp_path, corpus, packed, monkeypatch):
     _, _, upstream = corpus
     cfg = PACKED_CFG
@@ -547,11 +556,7 @@ def test_a_resumed_unit_is_redone_when_its_shard_changed(tmp_path, corpus, monke
     _, _, upstream = corpus
     cfg = PACKED_CFG
     whole = tokenize(tmp_path / "a", upstream, **cfg)
-    kill_at_unit(monkeypatch, "u00001")
-    with pytest.raises(KeyboardInterrupt):
-        tokenize(tmp_path / "b", upstream, **cfg)
-    monkeypatch.undo()
-    out = next((tmp_path / "b" / "store" / "tokenize").iterdir())
+    out = killed_run(tmp_path / "b", upstream, monkeypatch)
     victim = out / "tokens" / "train-u00000-0000.bin"
     data = bytearray(victim.read_bytes())
     data[10] ^= 0x01
@@ -564,11 +569,7 @@ def test_a_resumed_unit_is_redone_when_its_shard_changed(tmp_path, corpus, monke
 def test_units_of_another_packing_plan_are_not_reused(tmp_path, corpus, monkeypatch):
     _, _, upstream = corpus
     cfg = PACKED_CFG
-    kill_at_unit(monkeypatch, "u00001")
-    with pytest.raises(KeyboardInterrupt):
-        tokenize(tmp_path, upstream, **cfg)
-    monkeypatch.undo()
-    out = next((tmp_path / "store" / "tokenize").iterdir())
+    out = killed_run(tmp_path, upstream, monkeypatch)
     plan = json.loads((out / "_units" / "pack-plan.json").read_text())
     plan["val_threshold"] = 0.5  # as if the finished unit had been packed with another split
     (out / "_units" / "pack-plan.json").write_text(json.dumps(plan))
@@ -581,11 +582,7 @@ def test_units_of_another_packing_plan_are_not_reused(tmp_path, corpus, monkeypa
 def test_a_replaced_tokenizer_json_is_retrained_not_trusted(tmp_path, corpus, monkeypatch):
     _, _, upstream = corpus
     cfg = PACKED_CFG
-    kill_at_unit(monkeypatch, "u00001")
-    with pytest.raises(KeyboardInterrupt):
-        tokenize(tmp_path, upstream, **cfg)
-    monkeypatch.undo()
-    out = next((tmp_path / "store" / "tokenize").iterdir())
+    out = killed_run(tmp_path, upstream, monkeypatch)
     trained = (out / "tokenizer.json").read_bytes()
     (out / "tokenizer.json").write_text((out / "tokenizer.json").read_text().replace('"<|pad|>"', '"<|pud|>"'))
     resumed = tokenize(tmp_path, upstream, **cfg)
