@@ -19,7 +19,7 @@ Measured in one process, on the same documents, with the same number of encode t
     write one file (what a user would write without our stage);
   * packing: the stage end to end: its split calibration pass, then `pack_documents` from Parquet
     document shards to token shards (read, cut, encode, convert, write);
-  * with --whole-docs, `encode_batch` on the whole documents (what the stage avoids by cutting them).
+  * with --whole-docs, `encode_batch_fast` on the whole documents (what the stage avoids by cutting them).
 The books are converted to Parquet document shards in a temporary directory first (not timed). Rounds
 alternate the measurements; best and median wall times and the CPU seconds of all threads are printed,
 with ratios. Wall-clock ratios suffer from other load on the machine; the CPU-time ratio does less.
@@ -125,7 +125,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-train-baseline", action="store_true",
                         help="skip training on the in-memory documents")
     parser.add_argument("--whole-docs", action="store_true",
-                        help="also time encode_batch on whole documents (slow: ~2.5x the pieces' time)")
+                        help="also time encode_batch_fast on whole documents (slow: ~2.5x the pieces' time)")
     return parser.parse_args()
 
 
@@ -184,7 +184,7 @@ def measure_rounds(store, uris, texts: list[str], tok, cfg, out: Path, repeat: i
         return wall, cpu
 
     def whole():
-        counts["whole"], wall, cpu = encode_only(tok.encode_batch, in_groups(texts, 64 << 20))
+        counts["whole"], wall, cpu = encode_only(tok.encode_batch_fast, in_groups(texts, 64 << 20))
         return wall, cpu
 
     steps = {"baseline": baseline, "plain": plain, "pack": pack, **({"whole": whole} if whole_docs else {})}
@@ -229,7 +229,7 @@ def main() -> None:
 LABELS = {"baseline": "encode_batch_fast, same pieces, encode calls only",
           "plain": "plain loop: encode_batch_fast + ids -> .bin",
           "pack": "stage: calibrate split + pack, Parquet -> shards",
-          "whole": "encode_batch, whole documents, encode calls only"}
+          "whole": "encode_batch_fast, whole documents, encode calls only"}
 
 
 def report(runs: dict[str, list[tuple[float, float]]], mb: float, counts: dict[str, int], docs: int) -> None:
@@ -240,7 +240,7 @@ def report(runs: dict[str, list[tuple[float, float]]], mb: float, counts: dict[s
     for key in runs:
         print(f"{LABELS[key]:52s} {best[key]:10.2f} {median[key]:12.2f} {cpu[key]:12.1f}")
     for key, what in (("baseline", "encode_batch_fast on the same pieces"), ("plain", "the plain loop"),
-                      ("whole", "encode_batch on whole documents")):
+                      ("whole", "encode_batch_fast on whole documents")):
         if key in runs:
             print(f"packing / {what}: {best['pack'] / best[key]:.2f}x best-to-best, "
                   f"{median['pack'] / median[key]:.2f}x median, {cpu[key] / cpu['pack']:.2f}x by CPU time")

@@ -556,6 +556,12 @@ class PendingGeneration:
         self.table.close()
         self.shingle_file.close()
 
+    def abort(self) -> None:
+        """Drop what was written (a rerun starts the generation over)."""
+        self.writer.close()
+        self.table.abort()
+        self.shingle_file.abort()
+
 
 def publish_generation(cfg: DedupConfig, ctx: RunContext, out_uri: str, gen: str, input_tag: str,
                        docs: int) -> bool:

@@ -325,7 +325,12 @@ def estimated_jaccard(signature: np.ndarray, others: np.ndarray) -> np.ndarray:
 
 def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
     """Jaccard of the sets of two shingle-hash arrays (any order, repeats allowed)."""
-    a, b = np.unique(a), np.unique(b)
+    return jaccard_of_set(np.unique(a), b)
+
+
+def jaccard_of_set(a_set: np.ndarray, b: np.ndarray) -> float:
+    """`exact_jaccard` when `a_set` is already `np.unique(a)` (one document checked against several)."""
+    a, b = a_set, np.unique(b)
     inter = np.intersect1d(a, b, assume_unique=True).size
     union = a.size + b.size - inter
     return inter / union if union else 1.0

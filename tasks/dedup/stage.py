@@ -77,7 +77,7 @@ from tasks.dedup.minhash import (
     Sketcher,
     band_hashes,
     estimated_jaccard,
-    exact_jaccard,
+    jaccard_of_set,
     gather_ranges,
     lsh_params,
     shared_bands,
@@ -259,7 +259,10 @@ class Verifier:
                 other_shingles: dict[Any, np.ndarray]) -> list[Match]:
         if not self.exact:
             return survivors
-        scored = [(k, exact_jaccard(shingles, other_shingles[k])) for k, _ in survivors]
+        if not survivors:
+            return []
+        mine = np.unique(shingles)  # once, not once per candidate
+        scored = [(k, jaccard_of_set(mine, other_shingles[k])) for k, _ in survivors]
         return [(k, j) for k, j in scored if j >= self.threshold]
 
 
@@ -476,9 +479,7 @@ class _DecideOutputs:
         self.removed.close()
         self.removed_file.abort()
         if self.pending is not None:
-            self.pending.writer.close()
-            self.pending.table.abort()
-            self.pending.shingle_file.abort()
+            self.pending.abort()
 
 
 # --- phase 3: keep ------------------------------------------------------------------------------------------
