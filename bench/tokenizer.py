@@ -17,8 +17,9 @@ Measured in one process, on the same documents, with the same number of encode t
     timed (no id conversion, no output): the ceiling a packing loop built on `tokenizers` can reach;
   * a plain packing loop over those in-memory pieces: encode_batch_fast, ids to a uint16/uint32 array,
     write one file (what a user would write without our stage);
-  * packing: the stage end to end: its split calibration pass, then `pack_documents` from Parquet
-    document shards to token shards (read, cut, encode, convert, write);
+  * packing: the tokenize stage itself (`run_tokenize`, given the trained tokenizer as a file): its split
+    calibration pass, then its resumable units from Parquet document shards to token shards (read, cut,
+    encode, convert, write, unit markers with shard hashes) and the index;
   * with --whole-docs, `encode_batch_fast` on the whole documents (what the stage avoids by cutting them).
 The books are converted to Parquet document shards in a temporary directory first (not timed). Rounds
 alternate the measurements; best and median wall times and the CPU seconds of all threads are printed,
@@ -147,14 +148,23 @@ def measure_training(store, uris, texts: list[str], cfg, mb: float, baseline: bo
     return tok
 
 
-def stage_packing(store, uris, tok, out: Path, cfg, dtype, eot_id: int):
-    """What run_tokenize does after the tokenizer exists: calibrate the split, then pack."""
-    from tasks.core.result import Account
-    from tasks.tokenizer.stage import calibrate_val_threshold, document_hashes_and_sizes, pack_documents
+def stage_packing(store, uris, tok, out: Path, cfg) -> int:
+    """The tokenize stage itself (`run_tokenize`) with the tokenizer given as a file, so it does not train:
+    split calibration, packing in resumable units with their markers and shard hashes, the index.
+    Returns the tokens written."""
+    from tasks.core.result import StageResult
+    from tasks.core.stage import RunContext, RunnerConfig
+    from tasks.tokenizer.stage import STAGE
 
-    threshold = calibrate_val_threshold(*document_hashes_and_sizes(store, uris), cfg.val_fraction)
-    return pack_documents(store, uris, tok, out, cfg, dtype=dtype, eot_id=eot_id, val_threshold=threshold,
-                          account=Account())
+    tokenizer_file = out.parent / "bench-tokenizer.json"
+    if not tokenizer_file.exists():
+        tok.save(str(tokenizer_file))
+    docs = StageResult(stage="pii", key="bench", uri=store.root, digest="bench",
+                       outputs={"docs": [u[len(store.root) + 1:] for u in uris]})
+    ctx = RunContext(store=str(out), pipeline="bench", run_id="bench", runner=RunnerConfig(workers=1))
+    result = STAGE.run({"pii": docs}, f"{out}/tokenize", cfg.model_copy(update={"tokenizer_file": str(tokenizer_file)}),
+                       ctx)
+    return result.stats["tokens"]
 
 
 def measure_rounds(store, uris, texts: list[str], tok, cfg, out: Path, repeat: int, whole_docs: bool):
@@ -179,8 +189,7 @@ def measure_rounds(store, uris, texts: list[str], tok, cfg, out: Path, repeat: i
 
     def pack():
         shutil.rmtree(out, ignore_errors=True)
-        packer, wall, cpu = timed(stage_packing, store, uris, tok, out, cfg, dtype, eot_id)
-        counts["packed"] = sum(t["tokens"] for t in packer.totals.values())
+        counts["packed"], wall, cpu = timed(stage_packing, store, uris, tok, out, cfg)
         return wall, cpu
 
     def whole():
@@ -228,7 +237,7 @@ def main() -> None:
 
 LABELS = {"baseline": "encode_batch_fast, same pieces, encode calls only",
           "plain": "plain loop: encode_batch_fast + ids -> .bin",
-          "pack": "stage: calibrate split + pack, Parquet -> shards",
+          "pack": "stage (run_tokenize): calibrate + units, Parquet -> shards",
           "whole": "encode_batch_fast, whole documents, encode calls only"}
 
 

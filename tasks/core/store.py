@@ -99,6 +99,8 @@ class Store:
             self.fs.mv(tmp_uri, final_uri)
 
     def file_digest(self, uri: str) -> str:
+        if self.local:
+            return sha256_of(uri)
         h = hashlib.sha256()
         with self.fs.open(uri, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
@@ -199,6 +201,12 @@ class Store:
 
 
 _TEMP = re.compile(r"\.tmp(-[0-9a-z]+)?$|\.part$")
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """SHA-256 of a local file, streamed (shards run to hundreds of MB)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _is_local(fs) -> bool:

@@ -28,7 +28,6 @@ so units run one after another in this process.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -56,7 +55,7 @@ from tasks.core.docs import iter_batches
 from tasks.core.errors import ConfigError, UserError
 from tasks.core.result import Account, StageResult
 from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
-from tasks.core.store import Store
+from tasks.core.store import Store, sha256_of
 from tasks.core.token_shards import ShardWriter, dtype_for_vocab, read_index, write_index
 from tasks.core.units import UnitResult, WorkUnit, execute_unit, marker_uri, merge_results
 
@@ -207,12 +206,6 @@ def cut_text(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
         start = cut.start()
     pieces.append(text[start:])
     return pieces
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Streamed: shards run to hundreds of MB, and a whole-file read would hold them in memory."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _publish(src_or_tok: Path | Tokenizer, target: Path) -> None:
@@ -469,17 +462,6 @@ class Packer:
         return self.shards
 
 
-def pack_documents(store: Store, uris: list[str], tok: Tokenizer, tokens_dir: Path, cfg: TokenizeConfig, *,
-                   dtype: np.dtype, eot_id: int, val_threshold: float, account: Account) -> Packer:
-    """Read, encode and write every document of `uris` as one run of shards; returns the closed packer
-    (shards, totals). The stage packs in units (`pack_unit`); this is the same work in one piece."""
-    packer = Packer(tok, tokens_dir, dtype=dtype, eot_id=eot_id, val_threshold=val_threshold,
-                    shard_tokens=cfg.shard_tokens, special_tokens=cfg.special_tokens)
-    packer.pack(read_doc_batches(read_documents(store, uris), cfg.batch_docs, cfg.batch_bytes), account)
-    packer.close()
-    return packer
-
-
 # resumable packing: work units -------------------------------------------------------------------------
 
 PACK_UNIT = "tasks.tokenizer.stage:pack_unit"
@@ -539,7 +521,7 @@ _TOKENIZERS: dict[tuple[str, str], Tokenizer] = {}  # (path, sha256): loaded onc
 def _unit_tokenizer(path: Path, sha256: str) -> Tokenizer:
     key = (str(path), sha256)
     if key not in _TOKENIZERS:
-        if file_sha256(path) != sha256:  # replaced since the run planned its units: never pack with it
+        if sha256_of(path) != sha256:  # replaced since the run planned its units: never pack with it
             raise RuntimeError(f"{path} changed while the tokenize stage was running (sha256 differs)")
         _TOKENIZERS.clear()
         _TOKENIZERS[key] = load_tokenizer(path, "tokenize (its own tokenizer.json)")
@@ -562,7 +544,7 @@ def pack_unit(unit: WorkUnit) -> UnitResult:
     files = [f"tokens/{e['file']}" for split in SPLITS for e in shards[split]]
     account.check(f"tokenize unit {unit.unit_id}")
     info = {"shards": shards, "totals": packer.totals, "special_text_docs": packer.special_text_docs,
-            "sha256": {rel: file_sha256(out_dir / rel) for rel in files}}
+            "sha256": {rel: sha256_of(out_dir / rel) for rel in files}}
     return UnitResult(unit_id=unit.unit_id, account=account, outputs={"tokens": files}, info=info)
 
 
@@ -598,7 +580,7 @@ def run_pack_units(store: Store, units: list[WorkUnit]) -> list[UnitResult]:
 
 def _changed_files(store: Store, unit: WorkUnit, result: UnitResult) -> list[str]:
     out_dir = store.local_path(unit.out_uri)
-    return [rel for rel, sha in result.info["sha256"].items() if file_sha256(out_dir / rel) != sha]
+    return [rel for rel, sha in result.info["sha256"].items() if sha256_of(out_dir / rel) != sha]
 
 
 @dataclass
@@ -809,7 +791,7 @@ def tokenize_key_extra(cfg: TokenizeConfig, ctx: RunContext | None = None) -> di
         path = getattr(cfg, name)
         if path is not None:
             path = Path(path).expanduser()
-            extra[name] = file_sha256(path) if path.is_file() else "missing"
+            extra[name] = sha256_of(path) if path.is_file() else "missing"
     return extra
 
 
@@ -826,7 +808,7 @@ def reuse_trained_tokenizer(store: Store, out_uri: str, target: Path) -> tuple[T
     if not (store.exists(marker) and target.is_file()):
         return None
     done = store.read_json(marker)
-    if file_sha256(target) != done["sha256"]:
+    if sha256_of(target) != done["sha256"]:
         return None
     return load_tokenizer(target, "tokenize (its own tokenizer.json)"), {**done["info"], "tokenizer_resumed": True}
 
@@ -841,7 +823,7 @@ def obtain_or_reuse_tokenizer(store: Store, out_uri: str, doc_uris: list[str], c
         return reused
     tok, info = obtain_tokenizer(store, doc_uris, cfg, previous, target, val_threshold)
     if trains:
-        store.write_json(f"{out_uri}/{TOKENIZER_MARKER}", {"sha256": file_sha256(target), "info": info})
+        store.write_json(f"{out_uri}/{TOKENIZER_MARKER}", {"sha256": sha256_of(target), "info": info})
     return tok, {**info, "tokenizer_resumed": False}
 
 
@@ -861,7 +843,7 @@ def run_tokenize(inputs: Inputs, out_uri: str, cfg: TokenizeConfig, ctx: RunCont
                   "split_seconds": round(time.perf_counter() - start, 3)}
     tok, tok_info = obtain_or_reuse_tokenizer(store, out_uri, doc_uris, cfg, previous, val_threshold)
     source = tok_info.get("tokenizer_source", "the trained tokenizer")
-    sha = file_sha256(tokens_dir.parent / "tokenizer.json")
+    sha = sha256_of(tokens_dir.parent / "tokenizer.json")
     eot_id, pad_id = special_token_ids(tok, cfg, source)
     if previous is not None:
         check_previous(previous, sha=sha, tokenizer_source=source, eot_id=eot_id, cfg=cfg)
