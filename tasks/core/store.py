@@ -19,6 +19,7 @@ import fsspec
 
 from tasks.core.config import StageConfig, stable_hash
 from tasks.core.errors import UserError
+from tasks.core.hashing import sha256_of
 
 MANIFEST = "_SUCCESS.json"
 
@@ -201,12 +202,6 @@ class Store:
 
 
 _TEMP = re.compile(r"\.tmp(-[0-9a-z]+)?$|\.part$")
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    """SHA-256 of a local file, streamed (shards run to hundreds of MB)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _is_local(fs) -> bool:

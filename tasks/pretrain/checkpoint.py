@@ -9,7 +9,6 @@ weights_only=True). torch, accelerate and safetensors only.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from models.config import GPTConfig
 from tasks.core.errors import UserError
+from tasks.core.hashing import sha256_of
 
 log = logging.getLogger("llmpipe.pretrain")
 
@@ -68,11 +68,7 @@ def read_model_config(model_dir: str | os.PathLike) -> GPTConfig:
 
 def weights_sha256(model_dir: str | os.PathLike) -> str:
     """SHA-256 of a model directory's model.safetensors (what a warm start's output depends on)."""
-    digest = hashlib.sha256()
-    with open(Path(model_dir) / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(Path(model_dir) / "model.safetensors")
 
 
 def check_warm_start(model_dir: str | os.PathLike, model: dict[str, Any]) -> None:

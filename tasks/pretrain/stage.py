@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from models.config import GPTConfig, pad_vocab
 from tasks.core.artifacts import Artifact, Markdown, rounded
 from tasks.core.config import StageConfig
 from tasks.core.errors import ConfigError, RunInterrupted, UserError
+from tasks.core.hashing import sha256_of
 from tasks.core.result import StageResult
 from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
 from tasks.core.stopping import stop_signal
@@ -198,7 +198,7 @@ def pretrain_key_inputs(cfg: PretrainConfig, ctx: RunContext) -> dict[str, Any]:
     if not weights.exists():
         raise ConfigError(f"pretrain.init_from: {weights} does not exist; point init_from at the model/ "
                           "directory of a finished pretrain run (it holds model.safetensors and config.json)")
-    return {"init_from_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    return {"init_from_sha256": sha256_of(weights)}  # streamed: a model can be gigabytes
 
 
 # several processes ---------------------------------------------------------------------------------

@@ -55,7 +55,8 @@ from tasks.core.docs import iter_batches
 from tasks.core.errors import ConfigError, UserError
 from tasks.core.result import Account, StageResult
 from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
-from tasks.core.store import Store, sha256_of
+from tasks.core.hashing import sha256_of
+from tasks.core.store import Store
 from tasks.core.token_shards import ShardWriter, dtype_for_vocab, read_index, write_index
 from tasks.core.units import UnitResult, WorkUnit, execute_unit, marker_uri, merge_results
 
