@@ -11,6 +11,7 @@ this module also runs on GPU machines that have torch + numpy and nothing else.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -59,6 +60,7 @@ class ShardWriter:
         self.next_index = first_index
         self.stem, self.vocab_size = stem, vocab_size
         self.shards: list[dict[str, Any]] = []
+        self.sha256: dict[str, str] = {}  # of each finished shard, computed as it is written (no re-read)
         self._fh = None
         self._tokens = self._docs = 0
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,6 +79,7 @@ class ShardWriter:
             _check_ids_to_write(tokens, self.vocab_size, self.out_dir / self._name, self._tokens)
         arr = np.ascontiguousarray(tokens, dtype=self.dtype)
         arr.tofile(self._fh)
+        self._hash.update(arr.data)
         self._tokens += arr.size
         self._docs += docs
         if self._tokens >= self.max_tokens:
@@ -87,6 +90,7 @@ class ShardWriter:
                       else f"{self.split}-{self.next_index:05d}.bin")
         self._tmp = self.out_dir / f".{self._name}.tmp-{uuid.uuid4().hex[:8]}"
         self._fh = open(self._tmp, "wb")  # noqa: SIM115 - stays open across append() calls
+        self._hash = hashlib.sha256()
         self._tokens = self._docs = 0
 
     def _close_shard(self) -> None:
@@ -98,6 +102,7 @@ class ShardWriter:
             self._tmp.unlink()
             return
         os.replace(self._tmp, self.out_dir / self._name)
+        self.sha256[self._name] = self._hash.hexdigest()
         self.shards.append({"file": self._name, "tokens": self._tokens, "docs": self._docs})
         self.next_index += 1
 

@@ -545,7 +545,7 @@ def pack_unit(unit: WorkUnit) -> UnitResult:
     files = [f"tokens/{e['file']}" for split in SPLITS for e in shards[split]]
     account.check(f"tokenize unit {unit.unit_id}")
     info = {"shards": shards, "totals": packer.totals, "special_text_docs": packer.special_text_docs,
-            "sha256": {rel: sha256_of(out_dir / rel) for rel in files}}
+            "sha256": {f"tokens/{name}": sha for w in packer.writers.values() for name, sha in w.sha256.items()}}
     return UnitResult(unit_id=unit.unit_id, account=account, outputs={"tokens": files}, info=info)
 
 
