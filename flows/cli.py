@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextvars import copy_context
+from pathlib import Path
 from typing import Any, Self
 
 PREFECT_DEFAULTS = {
@@ -100,6 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the sources the run was given with --source, if any")
     ver.add_argument("--sizes-only", action="store_true", help="check sizes only (no reading of every byte)")
 
+    ev = sub.add_parser("evaluate", help="run the evaluate stage alone on a model directory (ours or a "
+                                         "Hugging Face causal LM), with a pipeline's evaluate settings")
+    ev.add_argument("pipeline", nargs="?", default="demo", help="whose evaluate: settings to use (default: demo)")
+    ev.add_argument("--model", required=True, help="the model directory: the pretrain stage's model/ or hf/, or a "
+                                                   "Hugging Face causal LM directory")
+    ev.add_argument("-c", "--config", help="pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set evaluate.tasks=[sst2,rte] (repeatable)")
+    ev.add_argument("--summary", help="also write the run summary JSON here")
+    ev.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines")
+
+    pr = sub.add_parser("predict", help="label a text with a classifier the evaluate stage fine-tuned")
+    pr.add_argument("model_dir", help="a classifier directory: <evaluate output>/classifiers/<task>")
+    pr.add_argument("text")
+    pr.add_argument("--pair", help="the second text, for pair tasks (entailment, paraphrase, ...)")
+
     show = sub.add_parser("show-config", help="print a pipeline's resolved config as YAML")
     show.add_argument("pipeline", nargs="?", default="demo")
     show.add_argument("-c", "--config")
@@ -114,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": cmd_run, "validate": cmd_validate, "stages": cmd_stages,
-                "show-config": cmd_show_config, "verify": cmd_verify}[args.command](args)
+                "show-config": cmd_show_config, "verify": cmd_verify, "evaluate": cmd_run,
+                "predict": cmd_predict}[args.command](args)
     except UserError as exc:
         print(f"llmpipe: error: {exc}", file=sys.stderr)
         return 2
@@ -166,6 +184,14 @@ def cmd_show_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tasks.evaluate.finetune import predict
+
+    (label, prob), = predict(args.model_dir, [args.text], [args.pair] if args.pair is not None else None)
+    print(label if prob is None else f"{label}\t{prob:.4f}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     # first of all: every thread and process started from here on inherits the blocked signals
     with StopOnSignals() as stop:
@@ -176,10 +202,18 @@ def _run(args: argparse.Namespace, stop: StopOnSignals) -> int:
     from flows.config import load_pipeline
 
     # resolve the config and the sources before starting Prefect, so their errors come back in a second
-    _, cfg = load_pipeline(args.pipeline, args.config, args.overrides, args.sources)
+    model = getattr(args, "model", None)
+    sources, until = getattr(args, "sources", []), getattr(args, "until", None)
+    _, cfg = load_pipeline(args.pipeline, args.config, args.overrides, sources)
     from flows import pipeline
 
-    pipeline.preflight(cfg, args.until, remember=True)
+    stages = pipeline.STAGES
+    if model:
+        from tasks.evaluate.external import model_kind
+
+        model_kind(Path(model))  # a wrong path is reported now, not after Prefect started
+        cfg, stages, until = pipeline.evaluate_only(cfg, model)
+    pipeline.preflight(cfg, until, remember=True, stages=stages)
     check_prefect_server()
 
     _quiet_prefect_tracebacks()
@@ -193,8 +227,8 @@ def _run(args: argparse.Namespace, stop: StopOnSignals) -> int:
         pipeline._PROGRESS["current"] = printer
         try:
             summary, error = run_in_thread(lambda: flow(
-                pipeline=args.pipeline, overrides=args.overrides, sources=args.sources, until=args.until,
-                config_file=args.config, summary_path=args.summary), stop)
+                pipeline=args.pipeline, overrides=args.overrides, sources=sources, until=until,
+                config_file=args.config, summary_path=args.summary, model=model), stop)
         finally:
             pipeline._PROGRESS.pop("current", None)
             send_pending_records()  # the run's last log lines reach the server (ours or the user's) now

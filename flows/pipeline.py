@@ -42,17 +42,22 @@ def _run_name() -> str:
 
     params = flow_run.parameters or {}
     until = f"-until-{params['until']}" if params.get("until") else ""
+    if params.get("model"):
+        until = f"-evaluate-{Path(params['model']).name}"
     return f"{params.get('pipeline', 'demo')}{until}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}"
 
 
 def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] | None, until: str | None,
-                 config_file: str | None, summary_path: str | None) -> Any:
+                 config_file: str | None, summary_path: str | None, model: str | None = None) -> Any:
     """The flow's body (the flow function below only adds typed parameters for the UI form)."""
     _send_logs_to_prefect()
     name, cfg = load_pipeline(pipeline, config_file, overrides, sources)
     if until is not None and until not in STAGE_NAMES:
         raise ConfigError(f"--until {until}: no such stage; stages: {', '.join(STAGE_NAMES)}.")
-    preflight(cfg, until)
+    stages = STAGES
+    if model:
+        cfg, stages, until = evaluate_only(cfg, model)
+    preflight(cfg, until, stages=stages)
     flow_run = get_run_context().flow_run
     run_id = str(flow_run.id)
     _tag_run(flow_run, name)
@@ -74,7 +79,7 @@ def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] 
         with executors.unit_runner(cfg.runner) as unit_executor:
             register_executor(run_id, unit_executor.with_progress(progress), unit_executor.report)
             summary["runner"] = {"kind": cfg.runner.kind, "task_runner": type(unit_executor.runner).__name__}
-            run_graph(cfg, ctx, until, summary, progress)
+            run_graph(cfg, ctx, until, summary, progress, stages)
     finally:
         register_executor(run_id, None)
         summary["seconds"] = round(time.perf_counter() - summary.pop("_t0"), 3)
@@ -90,15 +95,26 @@ def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] 
     return summary
 
 
-def preflight(cfg: Any, until: str | None = None, remember: bool = False) -> None:
+def evaluate_only(cfg: Any, model: str) -> tuple[Any, list[Stage], str]:
+    """(config, stages, until) that run the evaluate stage on a model directory (`llmpipe evaluate --model`):
+    `pretrain` takes the given model, `tokenize` gives no val split (tasks/evaluate/external.py)."""
+    from tasks.core.config import StageConfig
+    from tasks.evaluate.external import EXTERNAL_MODEL, NO_TOKENS, ExternalModelConfig
+
+    path = str(Path(model).expanduser().resolve())
+    cfg = cfg.model_copy(update={"pretrain": ExternalModelConfig(path=path), "tokenize": StageConfig()})
+    return cfg, [EXTERNAL_MODEL, NO_TOKENS, BY_NAME["evaluate"]], "evaluate"
+
+
+def preflight(cfg: Any, until: str | None = None, remember: bool = False, stages: list[Stage] = STAGES) -> None:
     """Every stage's cheap checks (sources exist, servers answer) before anything runs. The command line
     runs them before starting Prefect (`remember=True`), and the flow run it starts then skips them."""
     done = stable_hash([cfg.canonical(), until])
     if done in _PREFLIGHTED:
         _PREFLIGHTED.discard(done)
         return
-    wanted = needed_for(until) if until else STAGE_NAMES
-    for stage in STAGES:
+    wanted = needed_for(until, stages) if until else [s.name for s in stages]
+    for stage in stages:
         if stage.built and stage.preflight is not None and stage.name in wanted:
             stage.preflight(getattr(cfg, stage.name))
     if remember:
@@ -285,7 +301,7 @@ def build_pipeline_flow(config_file: str | None = None) -> Any:
     default = "demo" if "demo" in names else names[0]
 
     def pipeline_flow(pipeline=default, overrides=None, sources=None, until=None, config_file=config_file,
-                      summary_path=None):
+                      summary_path=None, model=None):
         """Run a named pipeline from pipelines.yaml.
 
         Args:
@@ -295,13 +311,16 @@ def build_pipeline_flow(config_file: str | None = None) -> Any:
             until: stop after this stage (and what it needs)
             config_file: the pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)
             summary_path: also write the run summary JSON here
+            model: evaluate this model directory (ours or a Hugging Face causal LM) instead of training one:
+                runs the evaluate stage only, with the pipeline's evaluate settings
         """
-        return run_pipeline(pipeline, overrides, sources, until, config_file, summary_path)
+        return run_pipeline(pipeline, overrides, sources, until, config_file, summary_path, model)
 
     # real types, not the strings `from __future__ import annotations` makes: Prefect builds the form from them
     pipeline_flow.__annotations__ = {
         "pipeline": PipelineName, "overrides": Optional[list[str]], "sources": Optional[list[str]],
-        "until": Optional[StageName], "config_file": Optional[str], "summary_path": Optional[str], "return": Any}
+        "until": Optional[StageName], "config_file": Optional[str], "summary_path": Optional[str],
+        "model": Optional[str], "return": Any}
     pipeline_flow = flow(
         name="llmpipe", flow_run_name=_run_name, log_prints=False, persist_result=False,
         description="Run a pipeline of pipelines.yaml end to end: collect, clean, dedup, pii, tokenize, "

@@ -13,9 +13,9 @@ from typing import Any
 from tasks.core.stage import Stage
 
 STAGE_MODULES = ("tasks.collect.stage", "tasks.clean.stage", "tasks.dedup.stage", "tasks.pii.stage",
-                 "tasks.tokenizer.stage", "tasks.pretrain.stage")
+                 "tasks.tokenizer.stage", "tasks.pretrain.stage",
+                 "tasks.evaluate.stage")
 NOT_BUILT = (
-    Stage("evaluate", "perplexity, GLUE and SuperGLUE fine-tuning and scoring", reads=("pretrain", "tokenize")),
     Stage("bias", "CrowS-Pairs, WinoBias, BBQ and other bias probes", reads=("pretrain",)),
     Stage("register", "register the model, gate it against the champion, write the model card",
           reads=("pretrain", "evaluate", "bias")),
