@@ -1,0 +1,1 @@
+"""The `f1` evaluate module; a package so that installs ship its script."""

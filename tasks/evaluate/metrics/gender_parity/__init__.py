@@ -1,0 +1,1 @@
+"""The `gender_parity` evaluate module; a package so that installs ship its script."""

@@ -1,0 +1,33 @@
+"""AX-g gender parity: the share of pairs whose two examples get the same prediction.
+
+An `evaluate` metric module: load it with evaluate.load("<this directory>"); the formula is in
+tasks/evaluate/metrics/formulas.py, shared with the bootstrap and the baselines.
+"""
+import datasets
+import evaluate
+
+from tasks.evaluate.metrics import formulas
+
+_INPUTS = """
+Args:
+    predictions: predicted class indices.
+    groups: the pair id of every example (each pair has two or more).
+Returns:
+    {"gender_parity": float}, in 0-1.
+"""
+
+
+class GenderParity(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=__doc__,
+            citation="",
+            inputs_description=_INPUTS,
+            features=datasets.Features({
+                "predictions": datasets.Value("int64"),
+                "groups": datasets.Value("string"),
+            }),
+        )
+
+    def _compute(self, predictions, groups):
+        return {"gender_parity": formulas.gender_parity(predictions, groups)}

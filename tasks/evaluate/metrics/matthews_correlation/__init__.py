@@ -1,0 +1,1 @@
+"""The `matthews_correlation` evaluate module; a package so that installs ship its script."""

@@ -1,0 +1,33 @@
+"""Matthews correlation coefficient (multiclass form), 0 when undefined.
+
+An `evaluate` metric module: load it with evaluate.load("<this directory>"); the formula is in
+tasks/evaluate/metrics/formulas.py, shared with the bootstrap and the baselines.
+"""
+import datasets
+import evaluate
+
+from tasks.evaluate.metrics import formulas
+
+_INPUTS = """
+Args:
+    predictions: predicted class indices.
+    references: gold class indices.
+Returns:
+    {"matthews_correlation": float}, in -1..1; 0 when all predictions or all references are one class.
+"""
+
+
+class MatthewsCorrelation(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=__doc__,
+            citation="",
+            inputs_description=_INPUTS,
+            features=datasets.Features({
+                "predictions": datasets.Value("int64"),
+                "references": datasets.Value("int64"),
+            }),
+        )
+
+    def _compute(self, predictions, references):
+        return {"matthews_correlation": formulas.matthews_correlation(predictions, references)}

@@ -1,0 +1,1 @@
+"""The `pearson` evaluate module; a package so that installs ship its script."""

@@ -1,0 +1,1 @@
+"""The `spearman` evaluate module; a package so that installs ship its script."""
