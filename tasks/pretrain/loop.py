@@ -3,7 +3,8 @@
 The caller hands it the model (a builder), the data source and the loss (tasks/pretrain/lm.py does for
 pretraining; fine-tuning and continued pretraining reuse this loop the same way):
 
-- data: `seq_len`, `next_batch() -> (x, y)` (CPU tensors), `state_dict()` / `load_state_dict()` (the
+- data: `seq_len` (tokens per example, for throughput), `next_batch() -> (x, y)` (CPU tensors, or dicts
+  of them: fine-tuning's x holds input_ids and attention_mask), `state_dict()` / `load_state_dict()` (the
   position, saved in checkpoints), `val_batches(max_batches)` -> an iterator of (x, y) or None;
 - objective: `n_losses`, `prepare(core, compile, fsdp)`, `backward(forward, x, y, scale)` -> the detached
   loss terms (n_losses,) after calling backward, `losses(forward, x, y)` -> the loss terms without
@@ -169,12 +170,15 @@ class Trainer:
     """Model, optimizer, data and loss of one run, with one optimizer step per `train_step()`.
 
     build_model() runs under the run's seed on the training device; model_spec (JSON) is saved in every
-    checkpoint, and a resume with another spec is refused.
+    checkpoint, and a resume with another spec is refused. AdamW runs its fused kernel on CUDA, and on
+    the CPU when fused_on_cpu (fine-tuning asks; pretraining keeps the per-tensor kernel its pinned
+    losses and CPU benchmark were measured with).
     """
 
     def __init__(self, cfg: LoopConfig, build_model: Callable[[], torch.nn.Module], data, objective,
-                 accelerator, model_spec: dict[str, Any]):
+                 accelerator, model_spec: dict[str, Any], fused_on_cpu: bool = False):
         self.cfg, self.data, self.objective, self.model_spec = cfg, data, objective, model_spec
+        self.fused_on_cpu = fused_on_cpu
         self.accelerator = acc = accelerator
         self.device, self.rank, self.world = acc.device, acc.process_index, acc.num_processes
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -212,13 +216,13 @@ class Trainer:
 
     def _make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            # norm gains are not weights to shrink; matrices and embeddings are
-            (no_decay if name.rsplit(".", 2)[-2].startswith("norm") else decay).append(p)
+        for p in model.parameters():
+            # norm gains (and biases) are not weights to shrink; matrices and embeddings are
+            (no_decay if p.ndim < 2 else decay).append(p)
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2),
-                                 fused=self.device.type == "cuda")
+                                 fused=self.device.type == "cuda" or self.fused_on_cpu)
 
     # one optimizer step ----------------------------------------------------------------------------
     def autocast(self):
@@ -229,7 +233,9 @@ class Trainer:
         shape is skipped); chosen when a compiled graph is traced, so it must hold around every call."""
         return attention_kernels(self.cfg.attention)
 
-    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+    def to_device(self, x: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
+        if isinstance(x, dict):
+            return {k: self.to_device(v) for k, v in x.items()}
         x = x.contiguous()
         if self.device.type == "cuda":  # pinned host memory: the copy overlaps the previous step's kernels
             return x.pin_memory().to(self.device, non_blocking=True)
@@ -267,7 +273,7 @@ class Trainer:
         total, n = torch.zeros(self.objective.n_losses, device=self.device), 0
         for x, y in batches:
             with self.autocast(), self.kernels():
-                total += self.objective.losses(self.forward, x.to(self.device), y.to(self.device)).float()
+                total += self.objective.losses(self.forward, self.to_device(x), self.to_device(y)).float()
             n += 1
         if n == 0:
             return None
