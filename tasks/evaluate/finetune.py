@@ -375,6 +375,27 @@ def predict(classifier_dir: str | Path, texts: Sequence[str], pairs: Sequence[st
     return [(config.id2label[pred], probs[pred]) for pred, probs in results]
 
 
+def predict_examples(classifier_dir: str | Path, examples: Sequence[ExampleLike], batch_size: int = 64,
+                     device: str | None = None) -> list[dict[str, Any]]:
+    """{idx, prediction, scores} per example, as `finetune` returns for its evaluation set: how a
+    diagnostic set (AX-b, AX-g) is scored with the classifier of the task it belongs to (RTE)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    classifier_dir = Path(classifier_dir)
+    task = getattr(AutoConfig.from_pretrained(classifier_dir), TASK_KEY, None)
+    if not task:
+        raise UserError(f"{classifier_dir}/config.json has no '{TASK_KEY}' entry: not a classifier written "
+                        "by tasks/evaluate/finetune.py")
+    kind, fmt = task["kind"], PairFormat.from_dict(task)
+    tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
+    dev = torch.device(device) if device else default_device()
+    with quiet_transformers():
+        model = AutoModelForSequenceClassification.from_pretrained(classifier_dir, dtype=torch.float32).to(dev)
+    groups = encode_examples(tokenizer, fmt, kind, examples)
+    outputs = predict_groups(model, kind, groups, task["pad_id"], batch_size, dev, autocast_for(dev, "auto"))
+    return [{"idx": e.idx, "prediction": pred, "scores": scores} for e, (pred, scores) in zip(examples, outputs)]
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -38,6 +38,7 @@ from tasks.core.stopping import raise_if_stopping
 from tasks.evaluate import data as taskdata
 from tasks.evaluate.finetune import FinetuneConfig
 from tasks.evaluate.prompts import PromptSpec
+from tasks.evaluate.results import averages, score_task
 
 log = logging.getLogger("llmpipe.evaluate")
 
@@ -108,7 +109,7 @@ def run_evaluate(inputs: Inputs, out_uri: str, cfg: EvaluateConfig, ctx: RunCont
         done[spec.name] = _run_task_once(spec, cfg, out, hf_dir, model, tokenizer, device, done, ctx)
     ctx.progress("evaluate", "tasks", len(ordered), len(ordered))
     results["tasks"] = done
-    results["averages"] = _averages(done)
+    results["averages"] = averages(done)
     results["seconds"] = round(time.perf_counter() - started, 3)
     _write_json(out / "results.json", results)
     _write_json(out / "metrics.json", model_metrics(results))
@@ -145,13 +146,18 @@ def _perplexity(tokens: StageResult | None, store: Any, model: Any, tokenizer: A
     return {"status": "done", **figures}
 
 
+def eval_split_of(spec: Any) -> str:
+    """The split scored: dev (GLUE/SuperGLUE dev or val files), or an own task's `test` when it has no dev."""
+    return "dev" if "dev" in spec.files or spec.suite != "own" else "test"
+
+
 def _task_specs(cfg: EvaluateConfig) -> list[Any]:
     specs = taskdata.resolve(cfg.tasks) if cfg.tasks else []
     names = {s.name for s in specs}
-    for own in cfg.own:
-        spec = taskdata.own_task_spec(own)
+    for i, own in enumerate(cfg.own):
+        spec = taskdata.own_task_spec(own, key=f"evaluate.own[{i}]")
         if spec.name in names:
-            raise UserError(f"evaluate.own: task name {spec.name!r} is taken by a built-in task; rename it")
+            raise UserError(f"evaluate.own[{i}].name: {spec.name!r} is given twice; rename one")
         specs.append(spec)
         names.add(spec.name)
     unknown = sorted(set(cfg.options) - names)
@@ -204,7 +210,13 @@ class TaskRun:
         return getattr(self.cfg, name) if value is None else value
 
     def load(self, spec: Any, split: str, limit: int | None) -> Any:
-        result = taskdata.load_split(spec, split, self.source(spec), limit=limit, hub=self.cfg.hub)
+        """A split from its local directory, else (with `hub: true`) the Hugging Face hub; Skipped if neither."""
+        result = taskdata.load_split(spec, split, self.source(spec), limit=limit)
+        if isinstance(result, taskdata.Skipped) and self.cfg.hub and spec.suite != "own":
+            hub = taskdata.load_split(spec, split, "hub", limit=limit)
+            if isinstance(hub, taskdata.Skipped):
+                return taskdata.Skipped(spec.name, split, f"{result.reason}; hub: {hub.reason}")
+            result = hub
         if isinstance(result, taskdata.Skipped):
             return result
         if result.bad_rows:
@@ -225,7 +237,8 @@ class TaskRun:
         spec = self.spec
         record: dict[str, Any] = {"task": spec.name, "suite": spec.suite, "kind": spec.kind,
                                   "metric_names": list(spec.metrics)}
-        eval_split = self.load(spec, spec.eval_split, self.option("limit_eval"))
+        eval_name = eval_split_of(spec)
+        eval_split = self.load(spec, eval_name, self.option("limit_eval"))
         if isinstance(eval_split, taskdata.Skipped):
             return record | {"status": "skipped", "reason": eval_split.reason}
         evaluation = eval_split.examples
@@ -236,7 +249,7 @@ class TaskRun:
         else:
             record |= self.run_own_model(evaluation)
         record["n_eval"] = len(evaluation)
-        record["eval_split"] = {"split": spec.eval_split, "path": str(eval_split.path)}
+        record["eval_split"] = {"split": eval_name, "path": str(eval_split.path)}
         if self.notes:
             record["notes"] = self.notes
         if self.bad:
@@ -250,13 +263,13 @@ class TaskRun:
         if protocol in ("auto", "finetune"):
             train = self.load(spec, "train", self.option("limit_train"))
             if isinstance(train, taskdata.Skipped):
-                self.notes.append(f"{train.reason}; {'few-shot' if spec.has_split('fewshot') else 'zero-shot'}"
+                self.notes.append(f"{train.reason}; {'few-shot' if 'fewshot' in spec.files else 'zero-shot'}"
                                   " only")
                 train = None
             elif not train.examples:
                 self.notes.append(f"{train.path}: no usable train examples; not fine-tuned")
                 train = None
-        if train is None and protocol in ("auto", "fewshot") and spec.has_split("fewshot"):
+        if train is None and protocol in ("auto", "fewshot") and "fewshot" in spec.files:
             fewshot = self.load(spec, "fewshot", None)
             if isinstance(fewshot, taskdata.Skipped):
                 self.notes.append(fewshot.reason)
@@ -313,7 +326,7 @@ class TaskRun:
         if target.exists():
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(result.classifier_dir, target)
+        shutil.move(str(result.classifier_dir), target)
         rec["metrics"] = self.score(evaluation, [p["prediction"] for p in result.predictions])
         rec["finetune"] = {"steps": result.steps, "seconds": round(result.seconds, 3),
                            "train_examples_per_s": round(result.train_examples_per_s, 2)}
@@ -321,9 +334,6 @@ class TaskRun:
         if self.cfg.random_init_baseline:
             rand = finetune(self.hf_dir, spec.kind, spec.labels, train, evaluation, ft_cfg,
                             work / "random_init" / spec.name, random_init=True)
-            keep = work / "random_init" / spec.name / "classifier"
-            if Path(rand.classifier_dir) != keep:  # diagnostic sets read it later
-                shutil.copytree(rand.classifier_dir, keep, dirs_exist_ok=True)
             rec["random_init"] = self.score(evaluation, [p["prediction"] for p in rand.predictions])
             self.write_predictions(evaluation, rand.predictions, ".random_init")
         return rec
@@ -331,22 +341,16 @@ class TaskRun:
     def scored(self, evaluation: list[Any], demos: list[Any], protocol: str) -> dict[str, Any]:
         """Zero- or few-shot: the summed log-likelihood of each answer continuation; the length-normalized
         choice is reported beside it (`metrics_norm`)."""
-        from tasks.evaluate.prompts import fewshot_context, predict_from_scores, render, sample_demos
+        from tasks.evaluate.prompts import draw_demos, predict_from_scores, render
         from tasks.evaluate.score import LoglikScorer
 
         spec = self.spec
-        prompt = self.opts.prompt or spec.prompt
+        prompt = self.opts.prompt or (PromptSpec(**spec.prompt) if spec.prompt else None)
         if prompt is None:
             raise UserError(f"{spec.name}: no prompt for zero-shot scoring; set evaluate.options.{spec.name}"
                             ".prompt (template and choices) or give the task a train split")
         k = self.option("fewshot_k") if demos else 0
-        requests = []
-        for ex in evaluation:
-            context, continuations = render(prompt, ex)
-            if k:
-                shots = sample_demos(demos, k, seed=self.seed + ex.idx, exclude=ex)
-                context = fewshot_context(prompt, shots, context)
-            requests.append((context, continuations))
+        requests = [render(prompt, ex, draw_demos(demos, k, self.seed, ex)) for ex in evaluation]
         scorer = LoglikScorer(self.model, self.tokenizer, self.device, max_batch_tokens=self.cfg.max_batch_tokens)
         start = time.perf_counter()
         scores = scorer.score(requests)
@@ -373,14 +377,9 @@ class TaskRun:
 
     # scores -----------------------------------------------------------------------------------------
     def score(self, evaluation: list[Any], predictions: list[Any]) -> dict[str, Any]:
-        from tasks.evaluate import stats
-
-        return stats.score_task(self.spec, evaluation, predictions, samples=self.cfg.bootstrap_samples,
-                                seed=self.seed)
+        return score_task(self.spec, evaluation, predictions, samples=self.cfg.bootstrap_samples, seed=self.seed)
 
     def majority(self, train: list[Any] | None, evaluation: list[Any]) -> dict[str, Any]:
-        from tasks.evaluate import stats
-
         if self.spec.kind == "multiple_choice" and evaluation[0].answers is not None:
             return {"note": "no majority class for entity choices (ReCoRD)"}
         labels = [ex.label for ex in (train or evaluation)]
@@ -388,7 +387,7 @@ class TaskRun:
             return {"note": "a constant prediction has no correlation; the baseline is 0"}
         values, counts = np.unique(np.asarray(labels), return_counts=True)
         top = values[int(np.argmax(counts))].item()
-        scored = stats.score_task(self.spec, evaluation, [top] * len(evaluation), samples=0, seed=self.seed)
+        scored = score_task(self.spec, evaluation, [top] * len(evaluation), samples=0, seed=self.seed)
         return {"label": top, "from": "train" if train else "eval", "metrics": scored}
 
     def write_predictions(self, evaluation: list[Any], rows: list[dict[str, Any]], suffix: str) -> None:
@@ -404,20 +403,6 @@ class TaskRun:
 
 
 # results ----------------------------------------------------------------------------------------
-def _averages(done: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    from tasks.evaluate import stats
-
-    out = {}
-    for suite in ("glue", "superglue"):
-        for variant in ("metrics", "random_init"):
-            scores = {name: {m: v["value"] for m, v in r[variant].items()} for name, r in done.items()
-                      if r.get("status") == "done" and r.get("suite") == suite and variant in r}
-            if scores:
-                out[f"{suite}" if variant == "metrics" else f"{suite}_random_init"] = stats.suite_average(scores,
-                                                                                                        suite)
-    return out
-
-
 def model_metrics(results: dict[str, Any]) -> dict[str, Any]:
     """The compact figures the registry keeps with a model version."""
     ppl = results.get("perplexity", {})
@@ -477,7 +462,14 @@ def _json_default(obj: Any) -> Any:
 
 def evaluate_key_inputs(cfg: EvaluateConfig, ctx: RunContext) -> dict[str, Any]:
     """The task files' sizes and modification times: editing a dataset reruns the stage."""
-    return {"files": taskdata.fingerprint(cfg.glue_dir, cfg.superglue_dir, cfg.own)}
+    files: dict[str, list[int]] = {}
+    roots = [Path(d) for d in (cfg.glue_dir, cfg.superglue_dir) if d]
+    paths = [p for root in roots if root.is_dir() for p in sorted(root.rglob("*")) if p.is_file()]
+    paths += [Path(p) for own in cfg.own for p in (own.train, own.dev, own.test) if p and Path(p).is_file()]
+    for p in paths:
+        st = p.stat()
+        files[str(p.resolve())] = [st.st_size, st.st_mtime_ns]
+    return {"files": files}
 
 
 def evaluate_artifacts(result: StageResult) -> list[Artifact]:
@@ -520,7 +512,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
                      f"({ppl['tokens']:,} tokens).")
     lines += ["", "| average | score | tasks |", "|---|---|---|"]
     for key, avg in results.get("averages", {}).items():
-        lines.append(f"| {key} | {rounded(avg.get('score'))} | {', '.join(avg.get('tasks', []))} |")
+        lines.append(f"| {key} | {rounded(avg.get('score'))} | {', '.join(t['task'] for t in avg.get('tasks', []))} |")
     return "\n".join(lines)
 
 

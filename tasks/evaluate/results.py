@@ -1,0 +1,54 @@
+"""A task's figures from its predictions: every official metric through its `evaluate` module, with a
+bootstrap 95% interval (whole MultiRC questions and AX-g pairs resampled together)."""
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.evaluate import stats
+from tasks.evaluate.metrics import compute
+
+# the registry's metric names -> (metric module, its output); the output's name is what results report
+SOURCES = {"multirc_f1a": ("multirc", "f1a"), "exact_match": ("multirc", "exact_match"),
+           "record_f1": ("record", "f1"), "record_em": ("record", "exact_match")}
+GROUPED = ("multirc", "gender_parity")
+
+
+def score_task(spec: Any, examples: list[Any], predictions: list[Any], samples: int = 1000,
+               seed: int = 0) -> dict[str, dict[str, Any]]:
+    """{output: {"value", "ci": [lo, hi] or None}} for each of the task's metrics."""
+    out: dict[str, dict[str, Any]] = {}
+    for metric in spec.metrics:
+        module, key = SOURCES.get(metric, (metric, metric))
+        groups = [ex.group for ex in examples] if module in GROUPED else None
+        if module == "gender_parity":
+            refs = None
+        elif module == "record":
+            refs = [ex.answers for ex in examples]
+        else:
+            refs = [ex.label for ex in examples]
+        extra = {"groups": groups} if groups is not None else {}
+        value = compute(module, predictions, refs, **extra)[key]
+        ci = None
+        if samples:
+            fn = stats.ResampledMetric(module, predictions, refs, groups=groups, key=key)
+            lo, hi = stats.bootstrap_ci(fn, len(examples), samples=samples, seed=seed, groups=groups)
+            ci = [float(lo), float(hi)]
+        out[key] = {"value": value, "ci": ci}
+    return out
+
+
+LEADERBOARD_NAMES = {"rte_sg": "rte"}  # our name for SuperGLUE's RTE (GLUE has its own)
+
+
+def averages(done: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """GLUE and SuperGLUE averages (stats.suite_average: the leaderboards' rule) of the pretrained model's
+    scores and of the random-initialization baseline's, over the tasks that have them."""
+    out = {}
+    for suite in ("glue", "superglue"):
+        for variant, label in (("metrics", suite), ("random_init", f"{suite}_random_init")):
+            scores = {LEADERBOARD_NAMES.get(name, name): {m: v["value"] for m, v in r[variant].items()}
+                      for name, r in done.items()
+                      if r.get("status") == "done" and r.get("suite") == suite and variant in r}
+            if scores:
+                out[label] = stats.suite_average(scores, suite)
+    return out
