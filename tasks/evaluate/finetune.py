@@ -339,6 +339,24 @@ def predict_groups(model, kind: str, groups: list[list[list[int]]], pad_id: int,
     return out
 
 
+def read_task(classifier_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """(transformers config, its `llmpipe_task` entry); a UserError when the directory is not a classifier
+    this module wrote."""
+    from transformers import AutoConfig
+
+    config_file = classifier_dir / "config.json"
+    try:
+        meta = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{classifier_dir}: not a classifier directory ({config_file}: {exc}); give "
+                        "<evaluate output>/classifiers/<task>") from None
+    if TASK_KEY not in meta or "model_type" not in meta:
+        raise UserError(f"{config_file} has no '{TASK_KEY}' entry: {classifier_dir} is not a classifier written "
+                        "by the evaluate stage; give <evaluate output>/classifiers/<task>")
+    config = AutoConfig.from_pretrained(classifier_dir)
+    return config, getattr(config, TASK_KEY)
+
+
 def predict(classifier_dir: str | Path, texts: Sequence[str], pairs: Sequence[str | None] | None = None,
             choices: Sequence[list[str]] | None = None, batch_size: int = 64,
             device: str | None = None) -> list[tuple[str, float | None]]:
@@ -346,14 +364,10 @@ def predict(classifier_dir: str | Path, texts: Sequence[str], pairs: Sequence[st
     regression: (the value as a string, None); multiple choice (texts are the contexts, choices each
     one's candidates): (the chosen index as a string, its probability). Inputs are formatted as in
     training (config.json `llmpipe_task`)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     classifier_dir = Path(classifier_dir)
-    config = AutoConfig.from_pretrained(classifier_dir)
-    task = getattr(config, TASK_KEY, None)
-    if not task:
-        raise UserError(f"{classifier_dir}/config.json has no '{TASK_KEY}' entry: not a classifier written "
-                        "by tasks/evaluate/finetune.py")
+    config, task = read_task(classifier_dir)
     kind, fmt = task["kind"], PairFormat.from_dict(task)
     tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
     if kind == "multiple_choice":
@@ -379,13 +393,10 @@ def predict_examples(classifier_dir: str | Path, examples: Sequence[ExampleLike]
                      device: str | None = None) -> list[dict[str, Any]]:
     """{idx, prediction, scores} per example, as `finetune` returns for its evaluation set: how a
     diagnostic set (AX-b, AX-g) is scored with the classifier of the task it belongs to (RTE)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     classifier_dir = Path(classifier_dir)
-    task = getattr(AutoConfig.from_pretrained(classifier_dir), TASK_KEY, None)
-    if not task:
-        raise UserError(f"{classifier_dir}/config.json has no '{TASK_KEY}' entry: not a classifier written "
-                        "by tasks/evaluate/finetune.py")
+    _, task = read_task(classifier_dir)
     kind, fmt = task["kind"], PairFormat.from_dict(task)
     tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
     dev = torch.device(device) if device else default_device()
