@@ -126,8 +126,7 @@ class LoglikScorer:
         for r, (context, conts) in enumerate(requests):
             if not conts:
                 raise UserError(f"request {r} has no continuations to score")
-            stripped = context.rstrip()
-            ctx_strs.append(stripped)
+            ctx_strs.append(context.rstrip())
             for cont in conts:
                 whole_strs.append(context + cont)
                 chars.append(len(cont.lstrip()))
@@ -158,9 +157,9 @@ class LoglikScorer:
         return self.tokenizer(strings, add_special_tokens=False, verbose=False)["input_ids"]
 
     def _units(self, ctx: list[int], conts: list[list[int]], slots: list[int]) -> list[_Unit]:
-        """Rows for one request. Truncation depends on the continuation's length (lm-eval truncates each
-        (context, continuation) alone), so a request that does not fit gets one row per continuation; one
-        whose shared row exceeds the batch budget is split into rows that each fit."""
+        """Rows for one request: one row per continuation when not sharing, or when the request does not fit
+        the window (lm-eval truncates each (context, continuation) alone, by the continuation's length);
+        else shared rows, split so that each fits the batch budget."""
         if not self.share_context or any(len(ctx) + len(c) - 1 > self.max_length for c in conts):
             return [_Unit(ctx[-(self.max_length + 1 - len(c)):], [c], [s]) for c, s in zip(conts, slots)]
         units = [_Unit(ctx, [], [])]
@@ -189,8 +188,9 @@ class LoglikScorer:
         return logprob, n_tok, greedy
 
     @torch.inference_mode()
-    def _forward(self, batch: list[_Unit], share: bool, keep: bool) -> tuple[list[int], list[float],
-                                                                               list[int], list[bool]]:
+    def _forward(self, batch: list[_Unit], share: bool,
+                 keep: bool) -> tuple[list[int], list[float], list[int], list[bool]]:
+        """One padded batch: (slots, summed log-probabilities, token counts, greedy) of its continuations."""
         width = max(u.length for u in batch)
         ids, pos, seg = [], [], []
         rows, cols, targets, owner = [], [], [], []  # one entry per continuation token: where it is predicted
@@ -257,7 +257,7 @@ class LoglikScorer:
         """Check the shared-context rows and `logits_to_keep` against plain forwards on a small request;
         turn off whichever this model's forward does not honour (with a warning)."""
         self._probed = True
-        vocab = self.model.config.vocab_size
+        vocab = getattr(self.model.config, "vocab_size", None) or len(self.tokenizer)
         n = min(8, max(2, self.max_length // 4))
         ctx = [(7 * i + 3) % vocab for i in range(n)]
         conts = [[(5 * i + j + 11) % vocab for i in range(j + 1)] for j in range(3)]
