@@ -30,7 +30,6 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -43,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.core.config import stable_hash
 from tasks.core.errors import UserError
 from tasks.core.hashing import sha256_of
+from tasks.evaluate.score import quiet_transformers
 from tasks.pretrain.checkpoint import write_json_atomic
 from tasks.pretrain.loop import (
     LoopConfig,
@@ -418,23 +418,6 @@ def autocast_for(device: torch.device, precision: str) -> Callable:
 
 
 # fine-tuning -------------------------------------------------------------------------------------
-@contextmanager
-def quiet_transformers():
-    """transformers' load report (the new head's weights are 'MISSING' by design) and progress bars off;
-    finetune reports unexpected missing weights itself."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def task_config(hf_dir: Path, kind: str, labels: list[str] | None, tokenizer, max_length: int):
     """(the model's config with the head's size, labels, loss type, pad token and `llmpipe_task`, the
     input format); max_length is capped at the model's positions (it was trained on no longer inputs)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,26 @@ def load_causal_lm(path: str | Path, device: str | torch.device = "cpu",
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
     return model.to(device).eval(), tokenizer
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' load report (the new head's weights are 'MISSING' by design) and progress bars off;
+    finetune reports unexpected missing weights itself."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def max_length(model: Any, tokenizer: Any) -> int:

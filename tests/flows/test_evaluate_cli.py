@@ -21,7 +21,7 @@ def test_evaluate_a_model_directory_then_predict(tmp_path, capsys, prefect_serve
     args = [a for kv in sets for a in ("--set", kv)]
     assert main(["evaluate", "--model", str(model), *args, "--summary", str(summary)]) == 0
     s = json.loads(summary.read_text())
-    assert list(s["stages"]) == ["pretrain", "tokenize", "evaluate"]
+    assert set(s["stages"]) == {"pretrain", "tokenize", "evaluate"}
     assert s["stages"]["pretrain"]["stats"]["format"] == "llmpipe"  # ours: exported to Hugging Face form first
     ev = s["stages"]["evaluate"]
     assert ev["status"] == "completed" and ev["stats"]["protocols"] == {"sst2": "finetune", "boolq": "fewshot"}
