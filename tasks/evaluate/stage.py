@@ -77,8 +77,10 @@ class EvaluateConfig(StageConfig):
     perplexity_max_tokens: int = Field(0, ge=0)  # val tokens scored for perplexity; 0 = all
     max_batch_tokens: int = Field(8192, ge=64)  # log-likelihood scoring batch budget (padded tokens)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # CPU threads (0 = torch's default, one per core); on a CPU shared with other work 1 is steadier
+    cpu_threads: int = Field(0, ge=0)
 
-    key_exclude = frozenset({"max_batch_tokens"})
+    key_exclude = frozenset({"max_batch_tokens", "cpu_threads"})
 
 
 class TaskFailed(UserError):
@@ -96,6 +98,8 @@ def run_evaluate(inputs: Inputs, out_uri: str, cfg: EvaluateConfig, ctx: RunCont
     out.mkdir(parents=True, exist_ok=True)
     hf_dir = model_dir(inputs["pretrain"], store)
     device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
     model, tokenizer = load_causal_lm(hf_dir, device)
     started = time.perf_counter()
     results: dict[str, Any] = {"model": str(hf_dir), "device": str(device)}
