@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.core.config import stable_hash
 from tasks.core.errors import UserError
 from tasks.core.hashing import sha256_of
+from tasks.evaluate.prompts import ExampleLike
 from tasks.evaluate.score import quiet_transformers
 from tasks.pretrain.checkpoint import write_json_atomic
 from tasks.pretrain.loop import (
@@ -80,17 +81,6 @@ class FinetuneConfig(BaseModel):
     eval_batch_size: int = Field(64, ge=1)  # sequences per prediction batch
     group_by_length: bool = True  # training batches of similar lengths (less padding), in random order
     checkpoint_every: int = Field(500, ge=0)  # steps between checkpoints (0 = only at the end)
-
-
-class ExampleLike(Protocol):
-    """What finetune reads from an example (tasks/evaluate/data.py Example has these)."""
-
-    idx: int
-    text: str
-    pair: str | None
-    label: int | float | None
-    choices: list[str] | None
-    meta: dict[str, Any]
 
 
 @dataclass

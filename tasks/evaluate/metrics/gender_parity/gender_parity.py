@@ -3,10 +3,10 @@
 An `evaluate` metric module: load it with evaluate.load("<this directory>"); the formula is in
 tasks/evaluate/metrics/formulas.py, shared with the bootstrap and the baselines.
 """
-import datasets
 import evaluate
 
 from tasks.evaluate.metrics import formulas
+from tasks.evaluate.metrics.base import metric_info
 
 _INPUTS = """
 Args:
@@ -19,15 +19,7 @@ Returns:
 
 class GenderParity(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__,
-            citation="",
-            inputs_description=_INPUTS,
-            features=datasets.Features({
-                "predictions": datasets.Value("int64"),
-                "groups": datasets.Value("string"),
-            }),
-        )
+        return metric_info(__doc__, _INPUTS, predictions="int64", groups="string")
 
     def _compute(self, predictions, groups):
         return {"gender_parity": formulas.gender_parity(predictions, groups)}
