@@ -9,7 +9,7 @@ transformers' Trainer, on the same exported model.
 Scoring (zero-shot, tasks.yaml's default prompts; COPA, BoolQ and CB, --limit examples each from the
 SuperGLUE dev sets, topped up from train where a dev set has fewer):
   * ours: render the prompts, `LoglikScorer.score`, `predict_from_scores`, accuracy; at each of
-    --max-batch-tokens (default the evaluate stage's 8192; 8192 and 65536 on GPU), the fastest counts;
+    --max-batch-tokens (default the evaluate stage's: 2048 on CPU; 32768 and 65536 on GPU), the fastest counts;
   * lm-eval (`pip install llmpipe[bench]`): model "hf" (HFLM) on the same directory, same dtype, and a task
     written at run time into a temp dir: a JSONL of the same examples (dataset_path json) and a YAML whose
     doc_to_text is our template in Jinja, doc_to_choice our continuations (their leading space as
@@ -513,7 +513,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="scoring rounds per task, the fastest counts "
                    "(default 2)")
     p.add_argument("--max-batch-tokens", help="our scorer's batch budget, comma-separated: each is run, "
-                   "the fastest counts (default 8192, the evaluate stage's; 8192,65536 on GPU)")
+                   "the fastest counts (default the evaluate stage's: 2048 on CPU; 32768,65536 on GPU)")
     p.add_argument("--lm-eval-batch-size", default=None, help="lm-eval's batch_size: numbers or auto, comma-"
                    "separated: each is run, the fastest counts (default 8,32 on CPU, 64,auto on GPU)")
     p.add_argument("--lm-eval-max-batch-size", type=int, default=256,
@@ -534,7 +534,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.gpu = torch.cuda.is_available() and not args.cpu
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    defaults = {"max_batch_tokens": "8192,65536" if args.gpu else "8192",
+    defaults = {"max_batch_tokens": "32768,65536" if args.gpu else "2048",
                 "lm_eval_batch_size": "64,auto" if args.gpu else "8,32",
                 "dtype": "bfloat16" if args.gpu else "float32", "threads": 0 if args.gpu else 1}
     for key, value in defaults.items():

@@ -75,7 +75,8 @@ class EvaluateConfig(StageConfig):
     random_init_baseline: bool = True  # fine-tune the same architecture from random weights beside it
     bootstrap_samples: int = Field(1000, ge=0)  # 0 = no intervals
     perplexity_max_tokens: int = Field(0, ge=0)  # val tokens scored for perplexity; 0 = all
-    max_batch_tokens: int = Field(8192, ge=64)  # log-likelihood scoring batch budget (padded tokens)
+    # log-likelihood scoring batch budget in padded tokens; 0 = 2048 on a CPU, 32768 on a GPU
+    max_batch_tokens: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # CPU threads (0 = torch's default, one per core); on a CPU shared with other work 1 is steadier
     cpu_threads: int = Field(0, ge=0)
@@ -355,7 +356,7 @@ class TaskRun:
                             ".prompt (template and choices) or give the task a train split")
         k = self.option("fewshot_k") if demos else 0
         requests = [render(prompt, ex, draw_demos(demos, k, self.seed, ex)) for ex in evaluation]
-        scorer = LoglikScorer(self.model, self.tokenizer, self.device, max_batch_tokens=self.cfg.max_batch_tokens)
+        scorer = LoglikScorer(self.model, self.tokenizer, self.device, max_batch_tokens=self.cfg.max_batch_tokens or None)
         start = time.perf_counter()
         scores = scorer.score(requests)
         seconds = time.perf_counter() - start
