@@ -85,7 +85,8 @@ class Run:
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # llmpipe starts its own server
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         sets = [a for kv in SMALL + [f"store={store}"] for a in ("--set", kv)]
-        cmd = [sys.executable, "-m", "flows.cli", "run", "demo", *sets, "--summary", str(summary)]
+        cmd = [sys.executable, "-m", "flows.cli", "run", "demo", *sets, "--until", "pretrain", "--summary",
+               str(summary)]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
         self.stdout: list[str] = []
