@@ -41,14 +41,18 @@ LEADERBOARD_NAMES = {"rte_sg": "rte"}  # our name for SuperGLUE's RTE (GLUE has 
 
 
 def averages(done: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """GLUE and SuperGLUE averages (stats.suite_average: the leaderboards' rule) of the pretrained model's
-    scores and of the random-initialization baseline's, over the tasks that have them."""
+    """GLUE and SuperGLUE averages (stats.suite_average: the leaderboards' rule):
+    `<suite>`: the pretrained model over every task it was scored on (fine-tuned, few- or zero-shot);
+    `<suite>_finetuned` and `<suite>_random_init`: the pretrained model and the same architecture from
+    random initialization over the same fine-tuned tasks, the like-for-like transfer-learning comparison."""
     out = {}
     for suite in ("glue", "superglue"):
-        for variant, label in (("metrics", suite), ("random_init", f"{suite}_random_init")):
+        finished = {name: r for name, r in done.items() if r.get("status") == "done" and r.get("suite") == suite}
+        paired = {name: r for name, r in finished.items() if "random_init" in r}
+        for label, tasks, variant in ((suite, finished, "metrics"), (f"{suite}_finetuned", paired, "metrics"),
+                                      (f"{suite}_random_init", paired, "random_init")):
             scores = {LEADERBOARD_NAMES.get(name, name): {m: v["value"] for m, v in r[variant].items()}
-                      for name, r in done.items()
-                      if r.get("status") == "done" and r.get("suite") == suite and variant in r}
+                      for name, r in tasks.items()}
             if scores:
                 out[label] = stats.suite_average(scores, suite)
     return out
