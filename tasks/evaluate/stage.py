@@ -216,7 +216,14 @@ class TaskRun:
 
     def load(self, spec: Any, split: str, limit: int | None) -> Any:
         """A split from its local directory, else (with `hub: true`) the Hugging Face hub; Skipped if neither."""
-        result = taskdata.load_split(spec, split, self.source(spec), limit=limit)
+        source = self.source(spec)
+        if spec.suite != "own" and (source is None or not Path(source).is_dir()):
+            key = f"evaluate.{spec.suite}_dir"
+            where = f"{key} is not set" if source is None else f"{key}: {source} is not a directory"
+            result = taskdata.Skipped(spec.name, split, f"{where} (set it, or LLMPIPE_DATA to the folder holding "
+                                                        "glue/ and superglue/)")
+        else:
+            result = taskdata.load_split(spec, split, source, limit=limit)
         if isinstance(result, taskdata.Skipped) and self.cfg.hub and spec.suite != "own":
             hub = taskdata.load_split(spec, split, "hub", limit=limit)
             if isinstance(hub, taskdata.Skipped):

@@ -153,3 +153,13 @@ def test_own_task_from_csv(tmp_path, tiny_model_dir, ctx, torch_one_thread):
 
     (label, _), = predict(Path(result.uri) / "classifiers" / "reviews", ["a great movie"])
     assert label in ("neg", "pos")
+
+
+def test_missing_data_directories_skip_every_task_with_the_reason(tmp_path, tiny_model_dir, ctx, torch_one_thread):
+    cfg = EvaluateConfig(tasks=["sst2", "boolq"], glue_dir=str(tmp_path / "nowhere"), superglue_dir=None)
+    result = run_stage(STAGE, cfg, model_inputs(tiny_model_dir, ctx), ctx)
+    tasks = json.loads((Path(result.uri) / "results.json").read_text())["tasks"]
+    assert tasks["sst2"]["status"] == tasks["boolq"]["status"] == "skipped"
+    assert "evaluate.glue_dir" in tasks["sst2"]["reason"] and "not a directory" in tasks["sst2"]["reason"]
+    assert "evaluate.superglue_dir is not set" in tasks["boolq"]["reason"]
+    assert result.stats["tasks_done"] == 0
