@@ -256,6 +256,11 @@ class TaskRun:
         evaluation = eval_split.examples
         if not evaluation:
             return record | {"status": "skipped", "reason": f"{eval_split.path}: no usable examples"}
+        parent = self.done.get(spec.scored_with) if spec.scored_with else None
+        if spec.scored_with and (parent is None or parent.get("status") != "done"):
+            why = f"{parent['status']}: {parent.get('reason', '')}" if parent else "not evaluated"
+            return record | {"status": "skipped",
+                             "reason": f"scored with {spec.scored_with}'s model, which has none ({why})"}
         if spec.scored_with:
             record |= self.run_diagnostic(evaluation)
         else:
@@ -302,11 +307,7 @@ class TaskRun:
     def run_diagnostic(self, evaluation: list[Any]) -> dict[str, Any]:
         """AX (with MNLI's model), AX-b and AX-g (with RTE's): predict with the parent task's classifier,
         or score with the parent's protocol when it was not fine-tuned."""
-        parent = self.done.get(self.spec.scored_with)
-        if parent is None or parent.get("status") != "done":
-            why = parent.get("reason") if parent else "not evaluated"
-            raise UserError(f"{self.spec.name} is scored with {self.spec.scored_with}'s model, which has no "
-                            f"result ({why})")
+        parent = self.done[self.spec.scored_with]
         if parent["protocol"] != "finetune":
             rec = self.scored(evaluation, [], "zeroshot")
             rec["scored_with"] = f"{self.spec.scored_with} ({parent['protocol']})"

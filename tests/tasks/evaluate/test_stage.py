@@ -163,3 +163,13 @@ def test_missing_data_directories_skip_every_task_with_the_reason(tmp_path, tiny
     assert "evaluate.glue_dir" in tasks["sst2"]["reason"] and "not a directory" in tasks["sst2"]["reason"]
     assert "evaluate.superglue_dir is not set" in tasks["boolq"]["reason"]
     assert result.stats["tasks_done"] == 0
+
+
+def test_a_diagnostic_set_whose_parent_has_no_data_is_skipped(tmp_path, tiny_model_dir, ctx, torch_one_thread):
+    glue, sg = task_dirs(tmp_path / "data")
+    for f in (sg / "RTE").iterdir():
+        f.unlink()
+    result = run_stage(STAGE, fast_cfg(glue, sg, tasks=["axb"]), model_inputs(tiny_model_dir, ctx), ctx)
+    tasks = json.loads((Path(result.uri) / "results.json").read_text())["tasks"]
+    assert tasks["rte_sg"]["status"] == "skipped"
+    assert tasks["axb"]["status"] == "skipped" and "scored with rte_sg" in tasks["axb"]["reason"]
