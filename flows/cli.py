@@ -417,6 +417,15 @@ class ProgressPrinter:
             extra.append(f"val loss {stats['val_loss']:.3f} nats (unigram model: "
                          f"{stats.get('val_unigram_baseline_nats') or float('nan'):.3f}, Kneser-Ney bigram: "
                          f"{stats.get('val_bigram_baseline_nats') or float('nan'):.3f})")
+        if "tasks_done" in stats:  # evaluate
+            skipped = stats.get("tasks_skipped") or []
+            extra.append(f"{stats['tasks_done']} tasks scored, {len(skipped)} skipped")
+            if stats.get("val_perplexity") is not None:
+                extra.append(f"val perplexity {stats['val_perplexity']:.1f}, {stats['val_bits_per_byte']:.3f} bits/byte")
+            for suite, name in (("glue", "GLUE"), ("superglue", "SuperGLUE")):
+                if stats.get(f"{suite}_finetuned_average") is not None:
+                    extra.append(f"{name} fine-tuned {stats[f'{suite}_finetuned_average']:.3f} "
+                                 f"(random init {stats[f'{suite}_random_init_average']:.3f})")
         counts = "; ".join([c for c in [counts] + extra if c])
         status, err = info["status"], f"  {info.get('error', '')}" if info["status"] == "failed" else ""
         if err.lstrip().startswith(("StopRequested", "TrainingInterrupted", "RunInterrupted")):
