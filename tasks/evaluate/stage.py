@@ -295,7 +295,7 @@ class TaskRun:
             rec = self.finetuned(train.examples, evaluation)
             rec["n_train"] = len(train.examples)
             if self.cfg.also_zeroshot:
-                rec["zeroshot"] = self.scored(evaluation, [], "zeroshot")
+                rec["zeroshot"] = self.scored(evaluation, [], "zeroshot", suffix=".zeroshot")
             majority_from = train.examples
         else:
             demos = fewshot.examples if fewshot is not None and protocol != "zeroshot" else []
@@ -351,7 +351,7 @@ class TaskRun:
             self.write_predictions(evaluation, rand.predictions, ".random_init")
         return rec
 
-    def scored(self, evaluation: list[Any], demos: list[Any], protocol: str) -> dict[str, Any]:
+    def scored(self, evaluation: list[Any], demos: list[Any], protocol: str, suffix: str = "") -> dict[str, Any]:
         """Zero- or few-shot: the summed log-likelihood of each answer continuation; the length-normalized
         choice is reported beside it (`metrics_norm`)."""
         from tasks.evaluate.prompts import draw_demos, predict_from_scores, render
@@ -375,8 +375,7 @@ class TaskRun:
                  "logprobs": [round(c.logprob, 5) for c in s], "n_tokens": [c.n_tokens for c in s],
                  "n_chars": [c.n_chars for c in s]}
                 for ex, pred, pn, p, s in zip(evaluation, preds, preds_norm, picks, scores)]
-        self.write_predictions(evaluation, rows, "" if protocol != "zeroshot" or not self.cfg.also_zeroshot
-                               or spec.scored_with else ".zeroshot")
+        self.write_predictions(evaluation, rows, suffix)
         return {"protocol": protocol, "fewshot_k": k, "metrics": self.score(evaluation, preds),
                 "metrics_norm": self.score(evaluation, preds_norm),
                 "scoring": {"requests": len(requests), "seconds": round(seconds, 3),

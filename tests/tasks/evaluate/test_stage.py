@@ -173,3 +173,19 @@ def test_a_diagnostic_set_whose_parent_has_no_data_is_skipped(tmp_path, tiny_mod
     tasks = json.loads((Path(result.uri) / "results.json").read_text())["tasks"]
     assert tasks["rte_sg"]["status"] == "skipped"
     assert tasks["axb"]["status"] == "skipped" and "scored with rte_sg" in tasks["axb"]["reason"]
+
+
+def test_also_zeroshot_and_a_protocol_override(tmp_path, tiny_model_dir, ctx, torch_one_thread):
+    glue, sg = task_dirs(tmp_path / "data")
+    cfg = fast_cfg(glue, sg, tasks=["sst2", "boolq"], also_zeroshot=True, random_init_baseline=False,
+                   options={"boolq": {"protocol": "zeroshot"}})
+    result = run_stage(STAGE, cfg, model_inputs(tiny_model_dir, ctx), ctx)
+    out = Path(result.uri)
+    tasks = json.loads((out / "results.json").read_text())["tasks"]
+    # a fine-tuned task is also scored zero-shot, its predictions beside the fine-tuned ones
+    assert tasks["sst2"]["protocol"] == "finetune" and tasks["sst2"]["zeroshot"]["protocol"] == "zeroshot"
+    assert (out / "predictions" / "sst2.jsonl").exists() and (out / "predictions" / "sst2.zeroshot.jsonl").exists()
+    # options.<task>.protocol: zero-shot although a few-shot split exists; its predictions keep the plain name
+    assert tasks["boolq"]["protocol"] == "zeroshot" and tasks["boolq"]["fewshot_k"] == 0
+    assert (out / "predictions" / "boolq.jsonl").exists()
+    assert not (out / "predictions" / "boolq.zeroshot.jsonl").exists()
