@@ -128,9 +128,9 @@ class PairFormat:
         pairs = pairs if pairs is not None else [None] * len(texts)
         if len(pairs) != len(texts):
             raise UserError(f"{len(texts)} texts but {len(pairs)} pairs")
-        firsts = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+        firsts = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
         present = [p for p in pairs if p is not None]
-        seconds = iter(tokenizer(present, add_special_tokens=False)["input_ids"] if present else [])
+        seconds = iter(tokenizer(present, add_special_tokens=False, verbose=False)["input_ids"] if present else [])
         out = []
         for first, pair in zip(firsts, pairs):
             if pair is None:
