@@ -37,6 +37,18 @@ def score_task(spec: Any, examples: list[Any], predictions: list[Any], samples: 
     return out
 
 
+def majority(spec: Any, train: list[Any] | None, evaluation: list[Any]) -> dict[str, Any]:
+    """The majority-class baseline (stats.majority_baseline: the train split's majority, else the eval
+    split's; regression: the train mean) in score_task's shape: {"label", "from", "metrics", "notes"}."""
+    modules = list(dict.fromkeys(SOURCES.get(m, (m, m))[0] for m in spec.metrics))
+    refs = [ex.answers for ex in evaluation] if "record" in modules else [ex.label for ex in evaluation]
+    groups = [ex.group for ex in evaluation] if any(m in GROUPED for m in modules) else None
+    base = stats.majority_baseline([ex.label for ex in train] if train else None, refs, modules, kind=spec.kind,
+                                   groups=groups)
+    return {"label": base["prediction"], "from": base["source"], "notes": base["notes"],
+            "metrics": {key: {"value": value, "ci": None} for key, value in base["scores"].items()}}
+
+
 LEADERBOARD_NAMES = {"rte_sg": "rte"}  # our name for SuperGLUE's RTE (GLUE has its own)
 
 

@@ -38,7 +38,7 @@ from tasks.core.stopping import raise_if_stopping
 from tasks.evaluate import data as taskdata
 from tasks.evaluate.finetune import FinetuneConfig
 from tasks.evaluate.prompts import PromptSpec
-from tasks.evaluate.results import averages, score_task
+from tasks.evaluate.results import averages, majority, score_task
 
 log = logging.getLogger("llmpipe.evaluate")
 
@@ -92,7 +92,7 @@ class TaskFailed(UserError):
 def run_evaluate(inputs: Inputs, out_uri: str, cfg: EvaluateConfig, ctx: RunContext) -> StageOutput:
     import torch
 
-    from tasks.evaluate.score import load_causal_lm
+    from tasks.evaluate.score import LoglikScorer, load_causal_lm
 
     store = ctx.open_store()
     out = store.local_path(out_uri)
@@ -102,6 +102,7 @@ def run_evaluate(inputs: Inputs, out_uri: str, cfg: EvaluateConfig, ctx: RunCont
     if device.type == "cpu" and cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     model, tokenizer = load_causal_lm(hf_dir, device)
+    scorer = LoglikScorer(model, tokenizer, device, max_batch_tokens=cfg.max_batch_tokens or None)
     started = time.perf_counter()
     results: dict[str, Any] = {"model": str(hf_dir), "device": str(device)}
     results["perplexity"] = _perplexity(inputs.get("tokenize"), store, model, tokenizer, device, cfg)
@@ -111,7 +112,7 @@ def run_evaluate(inputs: Inputs, out_uri: str, cfg: EvaluateConfig, ctx: RunCont
     for i, spec in enumerate(ordered):
         raise_if_stopping(f"evaluate task {spec.name}")
         ctx.progress("evaluate", "tasks", i, len(ordered))
-        done[spec.name] = _run_task_once(spec, cfg, out, hf_dir, model, tokenizer, device, done, ctx)
+        done[spec.name] = _run_task_once(spec, cfg, out, hf_dir, scorer, done, ctx)
     ctx.progress("evaluate", "tasks", len(ordered), len(ordered))
     results["tasks"] = done
     results["averages"] = averages(done)
@@ -123,6 +124,7 @@ def run_evaluate(inputs: Inputs, out_uri: str, cfg: EvaluateConfig, ctx: RunCont
         raise TaskFailed(f"evaluate: {len(failed)} task(s) failed: " + "; ".join(f"{n}: {why}" for n, why in
                                                                                failed.items())
                          + f". The other tasks' results are kept in {out}; rerun to redo the failed ones.")
+    shutil.rmtree(out / "_work", ignore_errors=True)  # checkpoints and the random-init classifiers
     return StageOutput(outputs=_outputs(out), stats=_stats(results))
 
 
@@ -174,8 +176,8 @@ def _task_specs(cfg: EvaluateConfig) -> list[Any]:
     return specs
 
 
-def _run_task_once(spec: Any, cfg: EvaluateConfig, out: Path, hf_dir: Path, model: Any, tokenizer: Any,
-                   device: Any, done: dict[str, dict[str, Any]], ctx: RunContext) -> dict[str, Any]:
+def _run_task_once(spec: Any, cfg: EvaluateConfig, out: Path, hf_dir: Path, scorer: Any,
+                   done: dict[str, dict[str, Any]], ctx: RunContext) -> dict[str, Any]:
     """A finished task's record from a previous attempt, else run it; a failure becomes a record."""
     record_path = out / "tasks" / f"{spec.name}.json"
     if record_path.exists():
@@ -185,7 +187,7 @@ def _run_task_once(spec: Any, cfg: EvaluateConfig, out: Path, hf_dir: Path, mode
             return record
     start = time.perf_counter()
     try:
-        record = TaskRun(spec, cfg, out, hf_dir, model, tokenizer, device, done, ctx.seed).run()
+        record = TaskRun(spec, cfg, out, hf_dir, scorer, done, ctx.seed).run()
     except (RunInterrupted, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - one task's failure must not lose the others
@@ -201,10 +203,10 @@ def _run_task_once(spec: Any, cfg: EvaluateConfig, out: Path, hf_dir: Path, mode
 class TaskRun:
     """One task: load its splits, choose the protocol, predict, score, write predictions."""
 
-    def __init__(self, spec: Any, cfg: EvaluateConfig, out: Path, hf_dir: Path, model: Any, tokenizer: Any,
-                 device: Any, done: dict[str, dict[str, Any]], seed: int):
+    def __init__(self, spec: Any, cfg: EvaluateConfig, out: Path, hf_dir: Path, scorer: Any,
+                 done: dict[str, dict[str, Any]], seed: int):
         self.spec, self.cfg, self.out, self.hf_dir = spec, cfg, out, hf_dir
-        self.model, self.tokenizer, self.device, self.done = model, tokenizer, device, done
+        self.scorer, self.done = scorer, done  # the stage's one LoglikScorer: its model stays loaded
         self.opts = cfg.options.get(spec.name, TaskOptions())
         self.seed = seed
         self.notes: list[str] = []
@@ -355,7 +357,6 @@ class TaskRun:
         """Zero- or few-shot: the summed log-likelihood of each answer continuation; the length-normalized
         choice is reported beside it (`metrics_norm`)."""
         from tasks.evaluate.prompts import draw_demos, predict_from_scores, render
-        from tasks.evaluate.score import LoglikScorer
 
         spec = self.spec
         prompt = self.opts.prompt or (PromptSpec(**spec.prompt) if spec.prompt else None)
@@ -364,9 +365,8 @@ class TaskRun:
                             ".prompt (template and choices) or give the task a train split")
         k = self.option("fewshot_k") if demos else 0
         requests = [render(prompt, ex, draw_demos(demos, k, self.seed, ex)) for ex in evaluation]
-        scorer = LoglikScorer(self.model, self.tokenizer, self.device, max_batch_tokens=self.cfg.max_batch_tokens or None)
         start = time.perf_counter()
-        scores = scorer.score(requests)
+        scores = self.scorer.score(requests)
         seconds = time.perf_counter() - start
         picks = [predict_from_scores(s) for s in scores]
         preds = [self.choice_prediction(ex, p[0]) for ex, p in zip(evaluation, picks)]
@@ -392,15 +392,7 @@ class TaskRun:
         return score_task(self.spec, evaluation, predictions, samples=self.cfg.bootstrap_samples, seed=self.seed)
 
     def majority(self, train: list[Any] | None, evaluation: list[Any]) -> dict[str, Any]:
-        if self.spec.kind == "multiple_choice" and evaluation[0].answers is not None:
-            return {"note": "no majority class for entity choices (ReCoRD)"}
-        labels = [ex.label for ex in (train or evaluation)]
-        if self.spec.kind == "regression":
-            return {"note": "a constant prediction has no correlation; the baseline is 0"}
-        values, counts = np.unique(np.asarray(labels), return_counts=True)
-        top = values[int(np.argmax(counts))].item()
-        scored = score_task(self.spec, evaluation, [top] * len(evaluation), samples=0, seed=self.seed)
-        return {"label": top, "from": "train" if train else "eval", "metrics": scored}
+        return majority(self.spec, train, evaluation)
 
     def write_predictions(self, evaluation: list[Any], rows: list[dict[str, Any]], suffix: str) -> None:
         path = self.out / "predictions" / f"{self.spec.name}{suffix}.jsonl"
@@ -443,7 +435,6 @@ def _outputs(out: Path) -> dict[str, Any]:
     def rel(paths: list[Path]) -> list[str]:
         return sorted(str(p.relative_to(out)) for p in paths if p.is_file())
 
-    shutil.rmtree(out / "_work", ignore_errors=True)  # checkpoints and the random-init classifiers
     return {"results": "results.json", "metrics": "metrics.json",
             "tasks": rel(list((out / "tasks").glob("*.json"))),
             "predictions": rel(list((out / "predictions").glob("*.jsonl"))),
