@@ -354,29 +354,22 @@ def predict(classifier_dir: str | Path, texts: Sequence[str], pairs: Sequence[st
     regression: (the value as a string, None); multiple choice (texts are the contexts, choices each
     one's candidates): (the chosen index as a string, its probability). Inputs are formatted as in
     training (config.json `llmpipe_task`)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from tasks.evaluate.data import Example
 
     classifier_dir = Path(classifier_dir)
     config, task = read_task(classifier_dir)
-    kind, fmt = task["kind"], PairFormat.from_dict(task)
-    tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
-    if kind == "multiple_choice":
-        if choices is None or len(choices) != len(texts):
-            raise UserError(f"{classifier_dir} is a multiple-choice model: give one list of choices per text")
-        contexts = [t for t, cs in zip(texts, choices) for _ in cs]
-        flat = iter(fmt.encode(tokenizer, contexts, [c for cs in choices for c in cs]))
-        groups = [[next(flat) for _ in cs] for cs in choices]
-    else:
-        groups = [[ids] for ids in fmt.encode(tokenizer, texts, pairs)]
-    dev = torch.device(device) if device else default_device()
-    with quiet_transformers():
-        model = AutoModelForSequenceClassification.from_pretrained(classifier_dir, dtype=torch.float32).to(dev)
-    results = predict_groups(model, kind, groups, task["pad_id"], batch_size, dev, autocast_for(dev, "auto"))
+    kind = task["kind"]
+    if kind == "multiple_choice" and (choices is None or len(choices) != len(texts)):
+        raise UserError(f"{classifier_dir} is a multiple-choice model: give one list of choices per text")
+    pairs = pairs if pairs is not None else [None] * len(texts)
+    choices = choices if choices is not None else [None] * len(texts)
+    examples = [Example(i, t, p, choices=c) for i, (t, p, c) in enumerate(zip(texts, pairs, choices))]
+    results = predict_examples(classifier_dir, examples, batch_size, device)
     if kind == "regression":
-        return [(str(value), None) for value, _ in results]
+        return [(str(r["prediction"]), None) for r in results]
     if kind == "multiple_choice":
-        return [(str(pred), probs[pred]) for pred, probs in results]
-    return [(config.id2label[pred], probs[pred]) for pred, probs in results]
+        return [(str(r["prediction"]), r["scores"][r["prediction"]]) for r in results]
+    return [(config.id2label[r["prediction"]], r["scores"][r["prediction"]]) for r in results]
 
 
 def predict_examples(classifier_dir: str | Path, examples: Sequence[ExampleLike], batch_size: int = 64,
