@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextvars import copy_context
@@ -34,9 +33,6 @@ log = logging.getLogger("llmpipe")
 Progress = Callable[[str, dict[str, Any]], None]
 _PROGRESS: dict[str, Progress] = {}  # the CLI's progress printer (not a flow parameter: not serializable)
 _PREFLIGHTED: set[str] = set()  # configs the command line checked for the flow run it is starting
-# stages are planned one at a time: planning computes code versions with `ast.parse`, which CPython 3.11
-# does not make safe in concurrent threads ("AST constructor recursion depth mismatch")
-_PLAN_LOCK = threading.Lock()
 BLOCKED = ("failed", "not_implemented", "not_run")
 
 
@@ -223,12 +219,10 @@ def _run_one(stage: Stage, cfg: Any, ctx: RunContext, results: dict[str, StageRe
     inputs = {r: results[r] for r in stage.reads}
     start = time.perf_counter()
     try:
-        with _PLAN_LOCK:
-            plan = plan_stage(stage, stage_cfg, inputs, ctx)
+        plan = plan_stage(stage, stage_cfg, inputs, ctx)
         if not plan.complete and any(r.purged for r in inputs.values()):
             inputs = {r: _restored(results[r], cfg, ctx, results) for r in stage.reads}
-            with _PLAN_LOCK:
-                plan = plan_stage(stage, stage_cfg, inputs, ctx)
+            plan = plan_stage(stage, stage_cfg, inputs, ctx)
         raise_if_stopping(f"stage {name}")  # after a SIGINT/SIGTERM (tasks/core/stopping.py) no stage starts
         progress("start", {"stage": name, "cached": plan.complete})
         result = prefect_task(stage).with_options(refresh_cache=not plan.complete)(plan, stage_cfg, inputs, ctx)
@@ -257,8 +251,7 @@ def _restored(result: StageResult, cfg: Any, ctx: RunContext, results: dict[str,
     store = ctx.open_store()
     store.invalidate(result.uri)
     store.rm(f"{result.uri}/_units")  # its units' files were deleted with the text: redo them all
-    with _PLAN_LOCK:
-        plan = plan_stage(stage, getattr(cfg, stage.name), inputs, ctx)
+    plan = plan_stage(stage, getattr(cfg, stage.name), inputs, ctx)
     return prefect_task(stage).with_options(refresh_cache=True)(plan, getattr(cfg, stage.name), inputs, ctx)
 
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the repo: holds tasks/ and models/
 PROJECT_PACKAGES = ("tasks", "models")
 FORMAT_VERSION = "0.1.0"  # bump when an on-disk format changes in a way the sources would not show
+# CPython 3.11's ast.parse is not safe in concurrent threads ("AST constructor recursion depth mismatch"),
+# and the flow plans independent stages at the same time
+_PARSE_LOCK = threading.Lock()
 
 
 def module_file(name: str, root: Path = ROOT) -> Path | None:
@@ -35,7 +39,9 @@ def _module_name(path: Path, root: Path) -> str:
 
 def _imported_names(path: Path, root: Path) -> set[str]:
     """Module names `path` imports; `from a import b` yields both `a` and `a.b` (b may be a module)."""
-    tree = ast.parse(path.read_bytes(), filename=str(path))
+    source = path.read_bytes()
+    with _PARSE_LOCK:
+        tree = ast.parse(source, filename=str(path))
     module = _module_name(path, root)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names: set[str] = set()
