@@ -3,25 +3,15 @@ shared-context scorer on the GPU against the CPU."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 import torch
 
+from tasks.evaluate.data import Example as Ex
+
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU is "
                                  "available here); run `pytest -m gpu` on a GPU machine")]
-
-
-@dataclass
-class Ex:
-    idx: int
-    text: str
-    pair: str | None = None
-    label: Any = None
-    choices: list[str] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @pytest.mark.parametrize("compile_", [False, True])

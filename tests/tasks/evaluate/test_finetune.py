@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from tasks.core.errors import UserError
+from tasks.evaluate.data import Example as Ex
 from tasks.evaluate.finetune import (
     ExampleBatches,
     FinetuneConfig,
@@ -36,16 +35,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@dataclass
-class Ex:
-    """The attributes finetune reads (tasks/evaluate/data.py's Example has them)."""
-
-    idx: int
-    text: str
-    pair: str | None = None
-    label: Any = None
-    choices: list[str] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 SUBJECTS = ["the movie", "this film", "the show", "that book", "the play", "our dinner", "the park"]
