@@ -57,10 +57,11 @@ from safetensors.torch import save_file
 from bench.common import shared_data
 from models.config import GPTConfig, pad_vocab
 from models.gpt import GPT
+from tasks.core.artifacts import rounded
 from tasks.evaluate.data import Example, load_split, resolve
-from tasks.evaluate.finetune import FinetuneConfig, encode_examples, finetune, quiet_transformers, task_config
+from tasks.evaluate.finetune import FinetuneConfig, encode_examples, finetune, task_config
 from tasks.evaluate.prompts import PromptSpec, example_fields, predict_from_scores, render
-from tasks.evaluate.score import LoglikScorer, load_causal_lm
+from tasks.evaluate.score import LoglikScorer, load_causal_lm, quiet_transformers
 from tasks.pretrain.checkpoint import is_tied, weights_for_saving
 from tasks.pretrain.export import export_hf
 
@@ -554,17 +555,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def rounded(value: Any) -> Any:
-    """Floats to 6 significant digits throughout, for the JSON file."""
-    if isinstance(value, float):
-        return float(f"{value:.6g}")
-    if isinstance(value, dict):
-        return {k: rounded(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [rounded(v) for v in value]
-    return value
-
-
 def quiet_libraries(scoring: bool) -> None:
     """Offline (the model and data are local); no progress bars or per-request warnings."""
     for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -620,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     print(f"\n{results['seconds']:.0f} s in all")
     if args.out:
-        args.out.write_text(json.dumps(rounded(results), indent=2))
+        args.out.write_text(json.dumps(rounded(results, 6), indent=2))
         print(f"results written to {args.out}")
     # in float32 both sides must pick the same choice for every example (bfloat16 may flip near-ties)
     disagree = [r["task"] for r in results.get("scoring", []) if r["differing_predictions"]]
