@@ -426,6 +426,13 @@ class ProgressPrinter:
                 if stats.get(f"{suite}_finetuned_average") is not None:
                     extra.append(f"{name} fine-tuned {stats[f'{suite}_finetuned_average']:.3f} "
                                  f"(random init {stats[f'{suite}_random_init_average']:.3f})")
+        if "checks_done" in stats:  # bias
+            extra.append(f"{len(stats['checks_done'])} checks done, {len(stats.get('checks_skipped') or [])} "
+                         f"skipped; {len(stats.get('distinguishable_from_chance') or [])} of {stats['figures']} "
+                         "figures distinguishable from chance")
+            failed, missing = stats.get("thresholds_failed") or [], stats.get("thresholds_not_measured") or []
+            extra.append("thresholds: " + (f"FAILED {', '.join(failed)}" if failed else "passed")
+                         + (f" ({len(missing)} not measured)" if missing else ""))
         counts = "; ".join([c for c in [counts] + extra if c])
         status, err = info["status"], f"  {info.get('error', '')}" if info["status"] == "failed" else ""
         if err.lstrip().startswith(("StopRequested", "TrainingInterrupted", "RunInterrupted")):

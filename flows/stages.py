@@ -14,9 +14,8 @@ from tasks.core.stage import Stage
 
 STAGE_MODULES = ("tasks.collect.stage", "tasks.clean.stage", "tasks.dedup.stage", "tasks.pii.stage",
                  "tasks.tokenizer.stage", "tasks.pretrain.stage",
-                 "tasks.evaluate.stage")
+                 "tasks.evaluate.stage", "tasks.bias.stage")
 NOT_BUILT = (
-    Stage("bias", "CrowS-Pairs, WinoBias, BBQ and other bias probes", reads=("pretrain",)),
     Stage("register", "register the model, gate it against the champion, write the model card",
           reads=("pretrain", "evaluate", "bias")),
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from tests.tasks.evaluate.conftest import write_tiny_model
+from tests.tasks.conftest import write_tiny_model
 from tests.tasks.evaluate.test_stage import task_dirs
 
 

@@ -1,31 +1,21 @@
 """The batched, shared-context scorer against lm-eval's algorithm run one context/continuation at a time."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 import random
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 from tasks.core.errors import UserError
 from tasks.evaluate.score import ChoiceScore, LoglikScorer, load_causal_lm, max_length
+from tests.tasks.conftest import write_tiny_model
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "in", "park", "it", "was", "great", "movie",
          "film", "terrible", "and", "boring", "is", "sky", "blue?", "yes", "no,", "grass", "green", "zebra!"]
-
-
-def _evaluate_conftest():
-    """This directory's conftest as a module (test directories are not packages here)."""
-    path = Path(__file__).with_name("conftest.py")
-    spec = importlib.util.spec_from_file_location("evaluate_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def reference(model, tok, context: str, continuation: str) -> tuple[float, int, bool]:
@@ -114,7 +104,7 @@ def test_plain_batches_equal_one_at_a_time_forwards(llama):
 def test_eager_attention_and_an_untied_full_head_model(tmp_path):
     from tasks.pretrain.export import export_hf
 
-    ours = _evaluate_conftest().write_tiny_model(tmp_path / "ours", seed=3, n_kv_head=4, tie_embeddings=False)
+    ours = write_tiny_model(tmp_path / "ours", seed=3, n_kv_head=4, tie_embeddings=False)
     model, tok = load_causal_lm(export_hf(ours, tmp_path / "hf"), attn_implementation="eager")
     sharpen(model)
     assert model.config._attn_implementation == "eager"

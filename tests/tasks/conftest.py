@@ -1,4 +1,4 @@
-"""A tiny exported model (random weights, a small BPE tokenizer) shared by the evaluate tests."""
+"""A tiny exported model (random weights, a small BPE tokenizer) shared by the evaluate and bias tests."""
 from __future__ import annotations
 
 import json

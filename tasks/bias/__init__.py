@@ -1,0 +1,1 @@
+"""The bias stage: likelihood-based bias checks, classifier consistency, corpus term counts, thresholds."""
