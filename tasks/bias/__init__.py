@@ -1,0 +1,1 @@
+"""Bias: word-pair counterfactuals, demographic term counts, and the checks of the bias stage."""
