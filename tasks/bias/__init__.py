@@ -1,1 +1,2 @@
-"""The bias stage: likelihood-based bias checks, classifier consistency, corpus term counts, thresholds."""
+"""Bias: the bias stage (likelihood checks, classifier consistency, thresholds), word-pair counterfactuals
+and demographic term counts (also used by the counterfactual augmentation of tokenize)."""

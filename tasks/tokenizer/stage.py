@@ -21,6 +21,12 @@ split. The threshold is calibrated on sizes so that 'val' holds about `val_fract
 kept in the index: append mode reuses it, and `val_threshold` pins it for a full re-run, so a document
 keeps its split as the corpus grows (see `calibrate_val_threshold`).
 
+Counterfactual augmentation (`counterfactual:`, off by default): train-split documents get a copy with
+gendered words swapped (he <-> she, tasks/bias/counterfactual.py), or are replaced by it. It runs here,
+not in clean: MinHash dedup would drop the copies as near-duplicates of their originals, and the text
+is anonymized only after pii. The 'val' split and the tokenizer's own training texts stay unchanged, so
+validation perplexity stays comparable with an unaugmented run.
+
 Speed: encoding runs on the Rust thread pool of `tokenizers` (all cores, GIL released); this process
 only reads Parquet, cuts long documents into pieces, converts ids and writes, overlapped with the
 encoding of the previous batch. No worker processes: forking next to a running Rust pool can deadlock,
@@ -49,13 +55,14 @@ import xxhash
 from pydantic import Field, model_validator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from tasks.bias.counterfactual import WordPairs, chosen, load_pairs, pairs_path, swap
 from tasks.core.artifacts import Artifact, Table
 from tasks.core.config import StageConfig
 from tasks.core.docs import iter_batches
 from tasks.core.errors import ConfigError, UserError
+from tasks.core.hashing import sha256_of
 from tasks.core.result import Account, StageResult
 from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
-from tasks.core.hashing import sha256_of
 from tasks.core.store import Store
 from tasks.core.token_shards import ShardWriter, dtype_for_vocab, read_index, write_index
 from tasks.core.units import UnitResult, WorkUnit, execute_unit, marker_uri, merge_results
@@ -73,6 +80,20 @@ SPLIT_BY = "parent_or_id"  # recorded in the index: an append must split by the 
 # A space preceded by a visible character: GPT-2's pre-tokenizer regex always splits right before it
 # (no pattern continues a word through a space, and a whitespace run cannot start at a visible char).
 _CUT_BEFORE = re.compile(r"(?<=[!-~\w]) ")
+
+
+class CounterfactualConfig(StageConfig):
+    """`tokenize.counterfactual`: counterfactual data augmentation of the train split (gendered words swapped)."""
+
+    enabled: bool = False
+    mode: Literal["add", "replace"] = Field(
+        "add", description="add: a swapped copy after each treated document the swap changes; replace: the "
+                           "swapped text instead of the document")
+    share: float = Field(1.0, ge=0.0, le=1.0,
+                         description="share of train documents treated, chosen by a hash of the document id "
+                                     "and the pipeline seed")
+    pairs_file: str | None = Field(None, description="word pairs in the format of tasks/bias/word_pairs.yaml; "
+                                                     "None = that shipped file")
 
 
 class TokenizeConfig(StageConfig):
@@ -107,8 +128,19 @@ class TokenizeConfig(StageConfig):
     workers: int = Field(0, ge=0, description="Rust encode threads; 0 = every core (read at first use)")
     max_train_bytes: int = Field(1 << 30, ge=0, description="train on a sample of about this many bytes "
                                                             "(documents chosen by id hash); 0 = all")
+    counterfactual: CounterfactualConfig = Field(
+        default_factory=CounterfactualConfig,
+        description="counterfactual data augmentation of the train split (see tasks/bias/word_pairs.yaml)")
 
     key_exclude = frozenset({"batch_docs", "batch_bytes", "workers"})  # shards are identical whatever these are
+
+    def key_dict(self) -> dict[str, Any]:
+        """Disabled augmentation writes what the stage wrote before the option existed, so it stays out of
+        the key (whatever its other fields say): the config part of the key is unchanged for old configs."""
+        key = super().key_dict()
+        if not self.counterfactual.enabled:
+            del key["counterfactual"]
+        return key
 
     @property
     def special_tokens(self) -> list[str]:
@@ -230,6 +262,7 @@ class DocBatch:
     texts: list[str] = field(default_factory=list)
     nbytes: list[int] = field(default_factory=list)  # UTF-8 bytes of each text
     empty: int = 0
+    copies: int = 0  # counterfactual copies among the documents, each right after its original
 
 
 def read_doc_batches(record_batches: Iterable, batch_docs: int, batch_bytes: int) -> Iterator[DocBatch]:
@@ -360,6 +393,74 @@ def training_texts(store: Store, uris: list[str], cfg: TokenizeConfig, val_thres
             yield from cut_text(text)
 
 
+# counterfactual augmentation ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Counterfactual:
+    """What a pack unit needs to augment the train split: the pairs, the mode, and which documents."""
+
+    pairs: WordPairs
+    mode: str
+    share: float
+    seed: int
+
+
+def counterfactual_settings(cfg: TokenizeConfig, seed: int) -> dict[str, Any] | None:
+    """What the augmentation depends on (None when it is off): kept in the pack plan and the index. The
+    seed is listed only when it picks documents (0 < share < 1), the pairs by their file's hash."""
+    cf = cfg.counterfactual
+    if not cf.enabled:
+        return None
+    settings: dict[str, Any] = {"mode": cf.mode, "share": cf.share,
+                                "pairs_sha256": sha256_of(pairs_path(cf.pairs_file))}
+    if 0.0 < cf.share < 1.0:
+        settings["seed"] = seed
+    return settings
+
+
+def augment(batch: DocBatch, cf: Counterfactual, val_threshold: float, account: Account) -> DocBatch:
+    """The batch with its chosen train documents swapped: "add" puts a swapped copy right after each one
+    the swap changes, "replace" puts the swapped text in its place. Counts go to the unit's account."""
+    out = DocBatch(empty=batch.empty)
+
+    def put(doc_id: str, key: str, text: str, nbytes: int) -> None:
+        out.ids.append(doc_id)
+        out.keys.append(key)
+        out.texts.append(text)
+        out.nbytes.append(nbytes)
+
+    for doc_id, key, text, nbytes in zip(batch.ids, batch.keys, batch.texts, batch.nbytes):
+        if split_of(key, val_threshold) != "train" or not chosen(doc_id, cf.share, cf.seed):
+            put(doc_id, key, text, nbytes)
+            continue
+        swapped, swaps = swap(text, cf.pairs)
+        account.count("cda_docs_treated")
+        if not swaps:
+            put(doc_id, key, text, nbytes)
+            continue
+        account.count("cda_docs_changed")
+        account.count("cda_swaps", swaps)
+        swapped_bytes = len(swapped.encode("utf-8"))
+        if cf.mode == "replace":
+            put(doc_id, key, swapped, swapped_bytes)
+            account.count("cda_docs_replaced")
+        else:  # the copy keeps the split key, so it lands in 'train' with its original
+            put(doc_id, key, text, nbytes)
+            put(doc_id, key, swapped, swapped_bytes)
+            out.copies += 1
+            account.count("cda_copies_added")
+    return out
+
+
+def counterfactual_stats(settings: dict[str, Any] | None, account: Account) -> dict[str, Any]:
+    """The `counterfactual` entry of the stage stats: the settings and what the units counted."""
+    if settings is None:
+        return {}
+    counts = {name: int(account.counters.get(f"cda_{name}", 0))
+              for name in ("docs_treated", "docs_changed", "copies_added", "docs_replaced", "swaps")}
+    return {"counterfactual": {**settings, **counts}}
+
+
 # packing -----------------------------------------------------------------------------------------------
 
 @dataclass
@@ -368,6 +469,7 @@ class EncodedBatch:
     doc_tokens: dict[str, np.ndarray]  # split -> (docs,) tokens per document, eot included
     text_bytes: dict[str, int]
     special_text_docs: int  # documents holding a special token's text (encoded as plain text)
+    copies: int = 0  # counterfactual copies among the documents (DocBatch.copies)
 
 
 def append_documents(writer: ShardWriter, tokens: np.ndarray, doc_tokens: np.ndarray) -> None:
@@ -442,9 +544,10 @@ class Packer:
             tokens={"val": tokens[token_is_val], "train": tokens[~token_is_val]},
             doc_tokens={"val": doc_tokens[is_val], "train": doc_tokens[~is_val]},
             text_bytes={"val": int(nbytes[is_val].sum()), "train": int(nbytes[~is_val].sum())},
-            special_text_docs=special)
+            special_text_docs=special, copies=batch.copies)
 
     def _write(self, encoded: EncodedBatch, account: Account) -> None:
+        packed = 0
         for split in SPLITS:
             docs = encoded.doc_tokens[split].size
             if docs:
@@ -453,8 +556,12 @@ class Packer:
             totals["docs"] += docs
             totals["tokens"] += encoded.tokens[split].size
             totals["bytes"] += encoded.text_bytes[split]
-            for _ in range(docs):
-                account.keep()
+            packed += docs
+        # the account counts input documents: one with a counterfactual copy was kept as two rows
+        for _ in range(encoded.copies):
+            account.keep(rows=2)
+        for _ in range(packed - 2 * encoded.copies):
+            account.keep()
         self.special_text_docs += encoded.special_text_docs
 
     def close(self) -> dict[str, list[dict[str, Any]]]:
@@ -529,6 +636,31 @@ def _unit_tokenizer(path: Path, sha256: str) -> Tokenizer:
     return _TOKENIZERS[key]
 
 
+_PAIRS: dict[tuple[str, str], WordPairs] = {}  # (path, sha256): loaded once per process
+
+
+def _unit_pairs(pairs_file: str | None, sha256: str) -> WordPairs:
+    path = pairs_path(pairs_file)
+    key = (str(path), sha256)
+    if key not in _PAIRS:
+        if sha256_of(path) != sha256:  # replaced since the run planned its units: the key no longer says it
+            raise RuntimeError(f"{path} changed while the tokenize stage was running (sha256 differs)")
+        _PAIRS.clear()
+        _PAIRS[key] = load_pairs(path)
+    return _PAIRS[key]
+
+
+def unit_batches(store: Store, unit: WorkUnit, cfg: TokenizeConfig, account: Account) -> Iterator[DocBatch]:
+    """The unit's document batches, augmented when the plan says so."""
+    batches = read_doc_batches(unit_documents(store, unit), cfg.batch_docs, cfg.batch_bytes)
+    settings = unit.extra.get("counterfactual")
+    if settings is None:
+        return batches
+    cf = Counterfactual(pairs=_unit_pairs(cfg.counterfactual.pairs_file, settings["pairs_sha256"]),
+                        mode=settings["mode"], share=settings["share"], seed=settings.get("seed", 0))
+    return (augment(batch, cf, unit.extra["val_threshold"], account) for batch in batches)
+
+
 def pack_unit(unit: WorkUnit) -> UnitResult:
     """Encode one unit's documents into its own shards; the marker (written by execute_unit) keeps the
     shard entries, totals and SHA-256s, so a resumed run lists the shards without reading them."""
@@ -540,7 +672,7 @@ def pack_unit(unit: WorkUnit) -> UnitResult:
                     val_threshold=x["val_threshold"], shard_tokens=cfg.shard_tokens,
                     special_tokens=cfg.special_tokens, stem=unit.unit_id, vocab_size=x["vocab_size"])
     account = Account()
-    packer.pack(read_doc_batches(unit_documents(store, unit), cfg.batch_docs, cfg.batch_bytes), account)
+    packer.pack(unit_batches(store, unit, cfg, account), account)
     shards = packer.close()
     files = [f"tokens/{e['file']}" for split in SPLITS for e in shards[split]]
     account.check(f"tokenize unit {unit.unit_id}")
@@ -654,9 +786,14 @@ def load_previous(append_to: str, tokens_dir: Path) -> PreviousTokens:
 
 
 def check_previous(previous: PreviousTokens, *, sha: str, tokenizer_source: str, eot_id: int,
-                   cfg: TokenizeConfig) -> None:
-    """Appending is only sound with the very tokenizer, end-of-text id and split rule of the earlier run."""
+                   cfg: TokenizeConfig, counterfactual: dict[str, Any] | None = None) -> None:
+    """Appending is only sound with the very tokenizer, end-of-text id, split rule and augmentation of the
+    earlier run."""
     index, where = previous.index, f"tokenize.append_to: {previous.index_path}"
+    if index.get("counterfactual") != counterfactual:
+        raise UserError(f"{where} was written with counterfactual augmentation {index.get('counterfactual')}, "
+                        f"this run has {counterfactual}; set tokenize.counterfactual as the earlier run had it "
+                        "(same mode, share, pairs file and seed), or remove append_to to re-tokenize everything.")
     if index["tokenizer_sha256"] != sha:
         raise UserError(
             f"{where} was made with tokenizer sha256 {index['tokenizer_sha256'][:12]}, but "
@@ -716,7 +853,7 @@ def choose_dtype(vocab_size: int, cfg: TokenizeConfig, source: str,
 # stats -------------------------------------------------------------------------------------------------
 
 def tokenize_stats(packed: PackedUnits, *, tok_info: dict[str, Any], index: dict[str, Any],
-                   pack_seconds: float) -> dict[str, Any]:
+                   pack_seconds: float, counterfactual: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage stats: the account, sizes, bytes per token, tokens per split, tokenizer, units and timings."""
     totals = packed.totals
     docs = sum(t["docs"] for t in totals.values())
@@ -736,6 +873,7 @@ def tokenize_stats(packed: PackedUnits, *, tok_info: dict[str, Any], index: dict
         "pad_id": index["pad_id"], "tokenizer_sha256": index["tokenizer_sha256"],
         "encoded_in_pieces": packed.cut,
         "units": packed.units, "units_resumed": packed.resumed,
+        **counterfactual_stats(counterfactual, packed.account),
         **tok_info,
         "pack_seconds": round(pack_seconds, 3),
         # this run's encoding speed: units resumed from a killed attempt took no time here
@@ -793,7 +931,19 @@ def tokenize_key_extra(cfg: TokenizeConfig, ctx: RunContext | None = None) -> di
         if path is not None:
             path = Path(path).expanduser()
             extra[name] = sha256_of(path) if path.is_file() else "missing"
+    cf = cfg.counterfactual
+    if cf.enabled:  # the shipped pairs file is YAML, outside the code version: its hash goes in too
+        path = pairs_path(cf.pairs_file)
+        extra["counterfactual_pairs"] = sha256_of(path) if path.is_file() else "missing"
+        if ctx is not None and 0.0 < cf.share < 1.0:  # the seed picks the documents treated
+            extra["counterfactual_seed"] = str(ctx.seed)
     return extra
+
+
+def tokenize_preflight(cfg: TokenizeConfig) -> None:
+    """A bad word-pair file is reported before the flow starts, not after hours of upstream stages."""
+    if cfg.counterfactual.enabled:
+        load_pairs(cfg.counterfactual.pairs_file)
 
 
 def _set_encode_threads(workers: int) -> None:
@@ -837,6 +987,8 @@ def run_tokenize(inputs: Inputs, out_uri: str, cfg: TokenizeConfig, ctx: RunCont
     _set_encode_threads(cfg.workers)
     doc_uris = inputs["pii"].files("docs")
     previous = load_previous(cfg.append_to, tokens_dir) if cfg.append_to else None
+    tokenize_preflight(cfg)
+    counterfactual = counterfactual_settings(cfg, ctx.seed)
 
     start = time.perf_counter()
     val_threshold, threshold_origin = resolve_val_threshold(store, doc_uris, cfg, previous)
@@ -847,13 +999,16 @@ def run_tokenize(inputs: Inputs, out_uri: str, cfg: TokenizeConfig, ctx: RunCont
     sha = sha256_of(tokens_dir.parent / "tokenizer.json")
     eot_id, pad_id = special_token_ids(tok, cfg, source)
     if previous is not None:
-        check_previous(previous, sha=sha, tokenizer_source=source, eot_id=eot_id, cfg=cfg)
+        check_previous(previous, sha=sha, tokenizer_source=source, eot_id=eot_id, cfg=cfg,
+                       counterfactual=counterfactual)
     vocab_size = vocab_size_of(tok)
     dtype = choose_dtype(vocab_size, cfg, source, previous)
 
     start = time.perf_counter()
     plan = {"tokenizer_sha256": sha, "val_threshold": val_threshold, "dtype": dtype.name, "eot_id": eot_id,
             "vocab_size": vocab_size}
+    if counterfactual is not None:  # absent when off: the plan of an unaugmented run is as it always was
+        plan["counterfactual"] = counterfactual
     units = plan_pack_units(store, doc_uris, out_uri, cfg, ctx, extra=plan)
     start_pack_plan(store, out_uri, {**plan, "units": [[u.unit_id, u.inputs, u.extra["row_groups"]]
                                                        for u in units]})
@@ -866,14 +1021,17 @@ def run_tokenize(inputs: Inputs, out_uri: str, cfg: TokenizeConfig, ctx: RunCont
              "eot_token": cfg.eot_token, "pad_token": cfg.pad_token, "val_fraction": cfg.val_fraction,
              "split_by": SPLIT_BY, "val_threshold": val_threshold,
              "appended_to": os.path.relpath(previous.index_path, tokens_dir) if previous else None}
+    if counterfactual is not None:  # readers of the index learn that 'train' holds swapped text
+        extra["counterfactual"] = counterfactual
     index = write_index(tokens_dir / "index.json", dtype=dtype, vocab_size=vocab_size, eot_id=eot_id,
                         tokenizer_sha256=sha, splits=splits, extra=extra)
-    stats = tokenize_stats(packed, tok_info={**tok_info, **split_info}, index=index, pack_seconds=pack_seconds)
+    stats = tokenize_stats(packed, tok_info={**tok_info, **split_info}, index=index, pack_seconds=pack_seconds,
+                           counterfactual=counterfactual)
     new_files = [f"tokens/{e['file']}" for s in SPLITS for e in packed.shards[s]]
     outputs = {"tokenizer": "tokenizer.json", "index": "tokens/index.json", "tokens": new_files}
     return StageOutput(outputs=outputs, stats=stats)
 
 
 STAGE = Stage(name="tokenize", config=TokenizeConfig, run=run_tokenize, reads=("pii",),
-              key_inputs=tokenize_key_extra, artifacts=tokenize_artifacts,
+              key_inputs=tokenize_key_extra, artifacts=tokenize_artifacts, preflight=tokenize_preflight,
               summary="train a byte-level BPE tokenizer and pack token shards with a train/val split")
