@@ -1,0 +1,1 @@
+"""The bias stage: likelihood-based bias checks (CrowS-Pairs, WinoBias, Winogender, BBQ, probes) and BOLD."""
