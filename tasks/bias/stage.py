@@ -234,9 +234,19 @@ class CheckRun:
         loaded, skipped = self.loaded_or_skip(name)
         if skipped:
             return skipped
-        check = checks.SCORED_CHECKS[name]()
+        check = checks.CHECKS[name]
         items = loaded.items
         requests = check.requests(items)
+        fits = self.scorer.fits(requests)
+        too_long = len(items) - sum(fits)
+        if too_long:  # a small model's window: said in the record, never silently dropped
+            log.warning("bias: %s: %d of %d items are longer than the model's window of %d tokens; left out",
+                        name, too_long, len(items), self.scorer.max_length)
+            items = [it for it, ok in zip(items, fits) if ok]
+            requests = [rq for rq, ok in zip(requests, fits) if ok]
+            if not items:
+                return _skipped(f"{name}: every item is longer than the model's window of "
+                                f"{self.scorer.max_length} tokens")
         start = time.perf_counter()
         scores = self.scorer.score(requests)
         seconds = time.perf_counter() - start
@@ -245,6 +255,7 @@ class CheckRun:
         figures = check.figures(items, outcomes, self.cfg.bootstrap_samples, self.seed)
         return {"status": "done", "n_items": len(items), "path": loaded.path,
                 "figures": {k: f.to_dict() for k, f in figures.items()}, **_bad_rows(loaded),
+                **({"left_out": {"longer than the model's window": too_long}} if too_long else {}),
                 "scoring": {"requests": len(requests), "seconds": round(seconds, 3),
                             "items_per_s": round(len(items) / seconds, 2) if seconds else None}}
 

@@ -147,6 +147,18 @@ class LoglikScorer:
             out.append(row)
         return out
 
+    def fits(self, requests: list[Request]) -> list[bool]:
+        """Whether every continuation of each request fits the model's window: a context is cut on the left
+        when it does not, a continuation cannot be (score() refuses such a request)."""
+        ctx_ids = self._tok([context.rstrip() for context, _ in requests])
+        whole = self._tok([context + cont for context, conts in requests for cont in conts])
+        out, slot = [], 0
+        for r, (_, conts) in enumerate(requests):
+            n = len(ctx_ids[r])
+            out.append(all(len(whole[slot + i]) - n <= self.max_length for i in range(len(conts))))
+            slot += len(conts)
+        return out
+
     # -- tokenization, lm-eval's way ------------------------------------------------------------------
 
     def _encode(self, requests: list[Request]) -> tuple[list[_Unit], list[int], int]:
