@@ -166,21 +166,26 @@ def test_changed_config_reruns_that_stage_and_later_only(tmp_path):
 
 
 def test_whole_pipeline_smoke_on_cpu(tmp_path):
-    """collect -> clean -> dedup -> pii -> tokenize -> pretrain -> evaluate at toy size, under Prefect."""
+    """collect -> clean -> dedup -> pii -> tokenize -> pretrain -> evaluate -> bias at toy size, under Prefect."""
     summary = tmp_path / "s.json"
     sets = ["store=" + str(tmp_path / "store"), "collect.max_docs=80", "pii.nlp_model=null",
             "tokenize.vocab_size=512", "tokenize.val_fraction=0.2", "pretrain.n_layer=2", "pretrain.n_embd=32", "pretrain.n_head=2",
             "pretrain.block_size=32", "pretrain.max_steps=30", "pretrain.eval_every=15",
             "pretrain.checkpoint_every=15", "pretrain.n_future=2", "evaluate.tasks=[sst2,boolq]",
             "evaluate.limit_train=32", "evaluate.limit_eval=32", "evaluate.bootstrap_samples=100",
-            "evaluate.finetune.epochs=1"]
+            "evaluate.finetune.epochs=1", "bias.limit=16", "bias.bootstrap_samples=50",
+            "bias.bold.per_group=1", "bias.bold.max_new_tokens=4", "bias.counterfactual.limit=32"]
     args = [a for kv in sets for a in ("--set", kv)]
     assert run_cli("run", "demo", *args, "--summary", str(summary)) == 0
     s = json.loads(summary.read_text())
     status = {name: e["status"] for name, e in s["stages"].items()}
     assert all(status[n] == "completed"
-               for n in ("collect", "clean", "dedup", "pii", "tokenize", "pretrain", "evaluate"))
-    assert status["bias"] == "not_implemented" and s["status"] == "partial"
+               for n in ("collect", "clean", "dedup", "pii", "tokenize", "pretrain", "evaluate", "bias"))
+    assert status["register"] == "not_implemented" and s["status"] == "partial"
+    bias = json.loads((Path(s["stages"]["bias"]["uri"]) / "bias.json").read_text())
+    assert bias["checks"]["probes"]["status"] == "done" and bias["checks"]["data"]["status"] == "done"
+    assert {g["figure"] for g in bias["thresholds"]} >= {"crows_pairs/pct_stereotype", "winobias/gap"}
+    assert bias["verdict"]["thresholds"] == len(bias["thresholds"])
     ev = s["stages"]["evaluate"]
     assert ev["stats"]["val_perplexity"] > 1 and ev["stats"]["val_bits_per_byte"] > 0
     results = json.loads((Path(ev["uri"]) / "results.json").read_text())
@@ -192,7 +197,8 @@ def test_whole_pipeline_smoke_on_cpu(tmp_path):
     assert json.loads((Path(pre["uri"]) / "hf" / "config.json").read_text())["model_type"] == "llama"
     keys = _artifact_keys(s["run_id"])
     assert {"demo-collect-sources", "demo-pii-entities", "demo-tokenize-stats", "demo-pretrain-training",
-            "demo-run-summary", "demo-dedup-account", "demo-evaluate-results", "demo-evaluate-summary"} <= keys
+            "demo-run-summary", "demo-dedup-account", "demo-evaluate-results", "demo-evaluate-summary",
+            "demo-bias-bias", "demo-bias-bias-summary", "demo-bias-bias-thresholds"} <= keys
     run, logs = _flow_run_and_logs(s["run_id"])
     # what the Prefect UI shows: the pipeline in the name and tags, llmpipe's status as the state, and
     # stage and training progress in the Logs tab at INFO without -v
