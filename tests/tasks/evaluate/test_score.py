@@ -187,3 +187,12 @@ def test_continuations_that_cannot_be_scored_are_refused(llama):
         scorer.score([("the cat", [" sat" * 70])])
     with pytest.raises(UserError, match="request 0 has no continuations"):
         scorer.score([("the cat", [])])
+
+
+def test_fits_says_which_requests_score_refuses_for_length(llama):
+    scorer = LoglikScorer(*llama)
+    requests = [("the cat", [" sat"]), ("the cat", [" sat", " sat" * 70]), ("the cat " * 200, [" sat"]),
+                ("", ["a dog ran"])]
+    assert scorer.fits(requests) == [True, False, True, True]  # a long context is cut; a long answer is not
+    kept = [r for r, ok in zip(requests, scorer.fits(requests)) if ok]
+    assert len(scorer.score(kept)) == 3
