@@ -112,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--summary", help="also write the run summary JSON here")
     ev.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines")
 
+    bi = sub.add_parser("bias", help="run the bias stage alone on a model directory (ours or a Hugging Face "
+                                     "causal LM), with a pipeline's bias settings")
+    bi.add_argument("pipeline", nargs="?", default="demo", help="whose bias: settings to use (default: demo)")
+    bi.add_argument("--model", required=True, help="the model directory: the pretrain stage's model/ or hf/, or a "
+                                                   "Hugging Face causal LM directory")
+    bi.add_argument("-c", "--config", help="pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)")
+    bi.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set bias.limit=200, or --set "
+                         "bias.counterfactual.evaluate_dir=DIR for the classifiers of an evaluate output")
+    bi.add_argument("--summary", help="also write the run summary JSON here")
+    bi.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines")
+
     pr = sub.add_parser("predict", help="label a text with a classifier the evaluate stage fine-tuned")
     pr.add_argument("model_dir", help="a classifier directory: <evaluate output>/classifiers/<task>")
     pr.add_argument("text")
@@ -131,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": cmd_run, "validate": cmd_validate, "stages": cmd_stages,
-                "show-config": cmd_show_config, "verify": cmd_verify, "evaluate": cmd_run,
+                "show-config": cmd_show_config, "verify": cmd_verify, "evaluate": cmd_run, "bias": cmd_run,
                 "predict": cmd_predict}[args.command](args)
     except UserError as exc:
         print(f"llmpipe: error: {exc}", file=sys.stderr)
@@ -204,6 +216,8 @@ def _run(args: argparse.Namespace, stop: StopOnSignals) -> int:
     # resolve the config and the sources before starting Prefect, so their errors come back in a second
     model = getattr(args, "model", None)
     sources, until = getattr(args, "sources", []), getattr(args, "until", None)
+    if model and args.command == "bias":
+        until = "bias"
     _, cfg = load_pipeline(args.pipeline, args.config, args.overrides, sources)
     from flows import pipeline
 
@@ -212,7 +226,7 @@ def _run(args: argparse.Namespace, stop: StopOnSignals) -> int:
         from tasks.evaluate.external import model_kind
 
         model_kind(Path(model))  # a wrong path is reported now, not after Prefect started
-        cfg, stages, until = pipeline.evaluate_only(cfg, model)
+        cfg, stages, until = pipeline.model_only(cfg, model, until or "evaluate")
     pipeline.preflight(cfg, until, remember=True, stages=stages)
     check_prefect_server()
 

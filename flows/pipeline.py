@@ -43,7 +43,7 @@ def _run_name() -> str:
     params = flow_run.parameters or {}
     until = f"-until-{params['until']}" if params.get("until") else ""
     if params.get("model"):
-        until = f"-evaluate-{Path(params['model']).name}"
+        until = f"-{params.get('until') or 'evaluate'}-{Path(params['model']).name}"
     return f"{params.get('pipeline', 'demo')}{until}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}"
 
 
@@ -56,7 +56,7 @@ def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] 
         raise ConfigError(f"--until {until}: no such stage; stages: {', '.join(STAGE_NAMES)}.")
     stages = STAGES
     if model:
-        cfg, stages, until = evaluate_only(cfg, model)
+        cfg, stages, until = model_only(cfg, model, until or "evaluate")
     preflight(cfg, until, stages=stages)
     flow_run = get_run_context().flow_run
     run_id = str(flow_run.id)
@@ -95,15 +95,24 @@ def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] 
     return summary
 
 
-def evaluate_only(cfg: Any, model: str) -> tuple[Any, list[Stage], str]:
-    """(config, stages, until) that run the evaluate stage on a model directory (`llmpipe evaluate --model`):
-    `pretrain` takes the given model, `tokenize` gives no val split (tasks/evaluate/external.py)."""
+def model_only(cfg: Any, model: str, stage: str = "evaluate") -> tuple[Any, list[Stage], str]:
+    """(config, stages, until) that run one stage on a model directory (`llmpipe evaluate|bias --model`):
+    `pretrain` takes the given model; for evaluate, `tokenize` gives no val split; for bias, collect, pii
+    and evaluate give nothing (tasks/evaluate/external.py)."""
     from tasks.core.config import StageConfig
-    from tasks.evaluate.external import EXTERNAL_MODEL, NO_TOKENS, ExternalModelConfig
+    from tasks.evaluate.external import EXTERNAL_MODEL, NO_TOKENS, ExternalModelConfig, absent
 
+    if stage not in ("evaluate", "bias"):
+        raise ConfigError(f"--model runs the evaluate or the bias stage, not {stage!r}")
     path = str(Path(model).expanduser().resolve())
-    cfg = cfg.model_copy(update={"pretrain": ExternalModelConfig(path=path), "tokenize": StageConfig()})
-    return cfg, [EXTERNAL_MODEL, NO_TOKENS, BY_NAME["evaluate"]], "evaluate"
+    if stage == "evaluate":
+        cfg = cfg.model_copy(update={"pretrain": ExternalModelConfig(path=path), "tokenize": StageConfig()})
+        return cfg, [EXTERNAL_MODEL, NO_TOKENS, BY_NAME["evaluate"]], "evaluate"
+    note = "a model given with --model: {} is not run"
+    cfg = cfg.model_copy(update={"pretrain": ExternalModelConfig(path=path), "collect": StageConfig(),
+                                 "pii": StageConfig(), "evaluate": StageConfig()})
+    return cfg, [absent("collect", note.format("collect")), absent("pii", note.format("pii")), EXTERNAL_MODEL,
+                 absent("evaluate", note.format("evaluate")), BY_NAME["bias"]], "bias"
 
 
 def preflight(cfg: Any, until: str | None = None, remember: bool = False, stages: list[Stage] = STAGES) -> None:
@@ -312,7 +321,8 @@ def build_pipeline_flow(config_file: str | None = None) -> Any:
             config_file: the pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)
             summary_path: also write the run summary JSON here
             model: evaluate this model directory (ours or a Hugging Face causal LM) instead of training one:
-                runs the evaluate stage only, with the pipeline's evaluate settings
+                runs the evaluate stage only (or, with until=bias, the bias stage only), with the
+                pipeline's settings
         """
         return run_pipeline(pipeline, overrides, sources, until, config_file, summary_path, model)
 

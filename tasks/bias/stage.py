@@ -59,6 +59,9 @@ class CounterfactualCheckConfig(StageConfig):
     tasks: list[str] = Field(default_factory=lambda: ["sst2"])  # evaluate tasks with a classifier
     pairs_file: str | None = None  # word pairs (tasks/bias/word_pairs.yaml format); None = the shipped list
     limit: int | None = Field(None, ge=1)  # evaluation examples read per task (before the swap filter)
+    # an evaluate output directory (holding results.json, tasks/, classifiers/) to take the classifiers
+    # from instead of this run's evaluate stage (`llmpipe bias --model DIR` runs no evaluate)
+    evaluate_dir: str | None = None
 
 
 class Threshold(StageConfig):
@@ -301,13 +304,17 @@ class CheckRun:
     def run_counterfactual(self) -> dict[str, Any]:
         from tasks.bias.consistency import classifier_consistency
 
+        cc = self.cfg.counterfactual
         evaluation = self.inputs.get("evaluate")
-        if evaluation is None:
-            return _skipped("counterfactual: no evaluate result in this run")
-        results_file = self.store.local_path(evaluation.files("results")[0])
+        if cc.evaluate_dir:
+            results_file = Path(cc.evaluate_dir) / "results.json"
+        elif evaluation is not None and evaluation.files("results"):
+            results_file = self.store.local_path(evaluation.files("results")[0])
+        else:
+            return _skipped("counterfactual: no evaluate results in this run (with --model, set "
+                            "bias.counterfactual.evaluate_dir to an evaluate output directory)")
         if not results_file.is_file():
             return _skipped(f"counterfactual: {results_file} is missing")
-        cc = self.cfg.counterfactual
         tasks: dict[str, Any] = {}
         figures: dict[str, Any] = {}
         for task in cc.tasks:
@@ -472,6 +479,8 @@ def bias_key_inputs(cfg: BiasConfig, ctx: RunContext) -> dict[str, Any]:
         paths += [p for p in sorted(Path(cfg.data_dir).rglob("*")) if p.is_file()]
     paths += [Path(p) for p in (cfg.probes_file, cfg.lexicons_file, cfg.counterfactual.pairs_file)
               if p and Path(p).is_file()]
+    if cfg.counterfactual.evaluate_dir:  # the classifiers' results: another evaluate run means a rerun
+        paths += [p for p in [Path(cfg.counterfactual.evaluate_dir) / "results.json"] if p.is_file()]
     for p in paths:
         st = p.stat()
         files[str(p.resolve())] = [st.st_size, st.st_mtime_ns]
@@ -485,6 +494,10 @@ def bias_preflight(cfg: BiasConfig) -> None:
         if path and not Path(path).is_file():
             raise UserError(f"{key}: {path} does not exist; give an existing file or remove the key to use "
                             "the shipped one")
+    ev = cfg.counterfactual.evaluate_dir
+    if ev and not (Path(ev) / "results.json").is_file():
+        raise UserError(f"bias.counterfactual.evaluate_dir: {ev} holds no results.json; give an evaluate stage "
+                        "output directory (<store>/evaluate/<key>)")
 
 
 # artifacts --------------------------------------------------------------------------------------

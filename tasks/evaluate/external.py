@@ -1,9 +1,11 @@
-"""`llmpipe evaluate --model DIR`: the evaluate stage on a model directory instead of a trained one.
+"""`llmpipe evaluate --model DIR` and `llmpipe bias --model DIR`: a stage on a model directory instead of a
+trained one.
 
 The flow swaps two stages for these: `pretrain` becomes "take this model" (one of our model directories,
 exported to Hugging Face form, or a Hugging Face causal LM directory, linked or copied into the store so
 the result never changes under it; the store key holds the weights' digest) and `tokenize` becomes "no
-val split" (perplexity is reported as skipped). Everything else (store, keys, caching, Prefect task, logs,
+val split" (perplexity is reported as skipped); for bias, collect, pii and evaluate become "absent" (the
+checks that read them are skipped with the reason). Everything else (store, keys, caching, Prefect task, logs,
 artifacts) is the pipeline's.
 """
 from __future__ import annotations
@@ -91,3 +93,11 @@ def run_no_tokens(inputs: Inputs, out_uri: str, cfg: StageConfig, ctx: RunContex
 EXTERNAL_MODEL = Stage(name="pretrain", config=ExternalModelConfig, run=run_external_model,
                        key_inputs=external_key, summary="a model directory given with --model")
 NO_TOKENS = Stage(name="tokenize", run=run_no_tokens, summary="no val split (a model given with --model)")
+
+
+def absent(name: str, note: str) -> Stage:
+    """A stage that gives nothing: the stages reading it see no outputs and say so."""
+    def run_absent(inputs: Inputs, out_uri: str, cfg: StageConfig, ctx: RunContext) -> StageOutput:
+        return StageOutput(outputs={}, stats={"note": note})
+
+    return Stage(name=name, run=run_absent, summary=note)

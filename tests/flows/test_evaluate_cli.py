@@ -1,4 +1,4 @@
-"""`llmpipe evaluate --model DIR` (the evaluate stage alone, under Prefect) and `llmpipe predict`."""
+"""`llmpipe evaluate --model DIR` and `llmpipe bias --model DIR` (one stage alone, under Prefect), `llmpipe predict`."""
 from __future__ import annotations
 
 import json
@@ -34,6 +34,21 @@ def test_evaluate_a_model_directory_then_predict(tmp_path, capsys, prefect_serve
     assert main(["predict", str(Path(ev["uri"]) / "classifiers" / "sst2"), "a great movie"]) == 0
     label, prob = capsys.readouterr().out.strip().split("\t")
     assert label in ("0", "1") and 0.0 <= float(prob) <= 1.0
+    # the bias stage alone on the same model, with the classifiers of that evaluate output
+    sets = [f"store={tmp_path / 'store'}", f"bias.data_dir={tmp_path / 'no-data'}", "bias.bootstrap_samples=20",
+            f"bias.counterfactual.evaluate_dir={ev['uri']}"]
+    args = [a for kv in sets for a in ("--set", kv)]
+    assert main(["bias", "--model", str(model), *args, "--summary", str(summary)]) == 0
+    s = json.loads(summary.read_text())
+    assert set(s["stages"]) == {"collect", "pii", "pretrain", "evaluate", "bias"}
+    bias = s["stages"]["bias"]
+    assert bias["status"] == "completed" and bias["stats"]["checks_done"] == ["probes"]
+    report = json.loads((Path(bias["uri"]) / "bias.json").read_text())
+    # the classifier of that evaluate output was found; its sentences hold no gendered word to swap
+    assert "sst2: none of 24 evaluation examples" in report["checks"]["counterfactual"]["reason"]
+    assert "no collect or pii documents" in report["checks"]["data"]["reason"]
+    assert "no-data" in report["checks"]["crows_pairs"]["reason"]
+    assert capsys.readouterr().out.count("thresholds:") == 1  # the console line of the bias stage
 
 
 def test_evaluate_names_a_bad_model_directory(tmp_path, capsys):
