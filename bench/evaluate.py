@@ -274,7 +274,8 @@ class LmEval:
             limit: int | None = None) -> dict[str, Any]:
         """Evaluate one task (timed) at `batch_size` (a number or "auto"); per example its log-likelihoods,
         requests and predictions (acc_norm's as lm-eval computes it: log-likelihood over len(choice), the
-        continuation less the delimiter)."""
+        continuation less the delimiter); the task's metrics by name (acc and acc_norm None when the task
+        has others, as CrowS-Pairs)."""
         from lm_eval.evaluator import evaluate
 
         self.lm.batch_size_per_gpu = batch_size  # what HFLM(batch_size=...) sets
@@ -293,7 +294,8 @@ class LmEval:
         used = f"auto ({', '.join(map(str, self.lm.batch_sizes.values()))})" if batch_size == "auto" \
             else str(batch_size)
         return {"seconds": seconds, "ll_seconds": self.ll_seconds, "batch_size": used,
-                "acc": metrics["acc,none"], "acc_norm": metrics["acc_norm,none"], "logprobs": lls,
+                "acc": metrics.get("acc,none"), "acc_norm": metrics.get("acc_norm,none"), "logprobs": lls,
+                "metrics": {k.split(",")[0]: v for k, v in metrics.items() if k.endswith(",none")},
                 "arguments": args,
                 "pred": [argmax(x) for x in lls], "pred_norm": [argmax(x) for x in norm]}
 
