@@ -123,20 +123,15 @@ class CheckFailed(UserError):
 
 # the stage ----------------------------------------------------------------------------------------
 def run_bias(inputs: Inputs, out_uri: str, cfg: BiasConfig, ctx: RunContext) -> StageOutput:
-    import torch
-
-    from tasks.evaluate.score import LoglikScorer, load_causal_lm
+    from tasks.evaluate.score import open_scorer
     from tasks.evaluate.stage import model_dir
 
     store = ctx.open_store()
     out = store.local_path(out_uri)
     out.mkdir(parents=True, exist_ok=True)
     hf_dir = model_dir(inputs["pretrain"], store)
-    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-    if device.type == "cpu" and cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
-    model, tokenizer = load_causal_lm(hf_dir, device)
-    scorer = LoglikScorer(model, tokenizer, device, max_batch_tokens=cfg.max_batch_tokens or None)
+    scorer = open_scorer(hf_dir, cfg.device, cfg.cpu_threads, cfg.max_batch_tokens)
+    device = scorer.device
     run = CheckRun(cfg, out, scorer, inputs, store, ctx.seed)
     started = time.perf_counter()
     records: dict[str, dict[str, Any]] = {}

@@ -75,6 +75,17 @@ def load_causal_lm(path: str | Path, device: str | torch.device = "cpu",
     return model.to(device).eval(), tokenizer
 
 
+def open_scorer(hf_dir: str | Path, device: str = "auto", cpu_threads: int = 0,
+                max_batch_tokens: int = 0) -> LoglikScorer:
+    """The stages' scorer: the model of `hf_dir` on CUDA when `device` allows and one is present, else on the
+    CPU (with `cpu_threads` threads when set); its model and tokenizer are `scorer.model`, `.tokenizer`."""
+    dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if dev.type == "cpu" and cpu_threads:
+        torch.set_num_threads(cpu_threads)
+    model, tokenizer = load_causal_lm(hf_dir, dev)
+    return LoglikScorer(model, tokenizer, dev, max_batch_tokens=max_batch_tokens or None)
+
+
 @contextmanager
 def quiet_transformers():
     """transformers' load report (the new head's weights are 'MISSING' by design) and progress bars off;
