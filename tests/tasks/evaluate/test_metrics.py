@@ -18,11 +18,16 @@ SEEDS = (0, 1, 2)
 
 @pytest.fixture(scope="module", autouse=True)
 def modules_cache(tmp_path_factory):
-    """evaluate copies module scripts into its modules cache: keep that under the test's temp dir."""
+    """evaluate copies module scripts into its modules cache: keep that under the test's temp dir, unless an
+    earlier test of this process already imported evaluate's module package (`evaluate_modules`, one per
+    process) from the default cache: a second cache would not be on that package's path."""
+    import sys
+
     import evaluate.config
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(evaluate.config, "HF_MODULES_CACHE", tmp_path_factory.mktemp("hf-modules"))
+        if not any(name.startswith("evaluate_modules") for name in sys.modules):
+            mp.setattr(evaluate.config, "HF_MODULES_CACHE", tmp_path_factory.mktemp("hf-modules"))
         mp.setattr(metrics, "_loaded", {})
         yield
 
