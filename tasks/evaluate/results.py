@@ -37,6 +37,43 @@ def score_task(spec: Any, examples: list[Any], predictions: list[Any], samples: 
     return out
 
 
+class _Difference:
+    """metric(a) - metric(b) on the same resample of examples: a paired bootstrap (ResampledMetric's fast
+    path on both sides)."""
+
+    def __init__(self, a: stats.ResampledMetric, b: stats.ResampledMetric):
+        self.a, self.b = a, b
+
+    def weighted(self, weights):
+        return self.a.weighted(weights) - self.b.weighted(weights)
+
+    def __call__(self, indices) -> float:
+        return self.a(indices) - self.b(indices)
+
+
+def transfer_effect(spec: Any, examples: list[Any], predictions: list[Any], baseline: list[Any],
+                    samples: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """The pretrained model's score minus the random-init model's, per metric, on the same examples, with a
+    paired bootstrap 95% interval (both scored on each resample): `separated` when it excludes 0. Two
+    overlapping marginal intervals do not mean no difference; this interval says whether there is one."""
+    a, b = score_task(spec, examples, predictions, samples=0), score_task(spec, examples, baseline, samples=0)
+    out: dict[str, dict[str, Any]] = {}
+    for metric in spec.metrics:
+        module, key = SOURCES.get(metric, (metric, metric))
+        value = None if a[key]["value"] is None or b[key]["value"] is None else a[key]["value"] - b[key]["value"]
+        ci = None
+        if samples and value is not None:
+            groups = [ex.group for ex in examples] if module in GROUPED else None
+            refs = None if module == "gender_parity" else \
+                [ex.answers for ex in examples] if module == "record" else [ex.label for ex in examples]
+            diff = _Difference(stats.ResampledMetric(module, predictions, refs, groups=groups, key=key),
+                               stats.ResampledMetric(module, baseline, refs, groups=groups, key=key))
+            lo, hi = stats.bootstrap_ci(diff, len(examples), samples=samples, seed=seed, groups=groups)
+            ci = [float(lo), float(hi)]
+        out[key] = {"value": value, "ci": ci, "separated": None if ci is None else bool(ci[0] > 0 or ci[1] < 0)}
+    return out
+
+
 def majority(spec: Any, train: list[Any] | None, evaluation: list[Any]) -> dict[str, Any]:
     """The majority-class baseline (stats.majority_baseline: the train split's majority, else the eval
     split's; regression: the train mean) in score_task's shape: {"label", "from", "metrics", "notes"}."""

@@ -319,6 +319,7 @@ class TaskRun:
             if random_dir.exists():
                 rpreds = predict_examples(random_dir, evaluation)
                 rec["random_init"] = self.score(evaluation, [p["prediction"] for p in rpreds])
+                rec["transfer"] = self.transfer(evaluation, preds, rpreds)
                 self.write_predictions(evaluation, rpreds, ".random_init")
         rec["majority"] = self.majority(None, evaluation)
         return rec
@@ -345,6 +346,7 @@ class TaskRun:
             rand = finetune(self.hf_dir, spec.kind, spec.labels, train, evaluation, ft_cfg,
                             work / "random_init" / spec.name, random_init=True)
             rec["random_init"] = self.score(evaluation, [p["prediction"] for p in rand.predictions])
+            rec["transfer"] = self.transfer(evaluation, result.predictions, rand.predictions)
             self.write_predictions(evaluation, rand.predictions, ".random_init")
         return rec
 
@@ -385,6 +387,14 @@ class TaskRun:
     # scores -----------------------------------------------------------------------------------------
     def score(self, evaluation: list[Any], predictions: list[Any]) -> dict[str, Any]:
         return score_task(self.spec, evaluation, predictions, samples=self.cfg.bootstrap_samples, seed=self.seed)
+
+    def transfer(self, evaluation: list[Any], preds: list[dict[str, Any]],
+                 random_preds: list[dict[str, Any]]) -> dict[str, Any]:
+        from tasks.evaluate.results import transfer_effect
+
+        return transfer_effect(self.spec, evaluation, [p["prediction"] for p in preds],
+                               [p["prediction"] for p in random_preds], samples=self.cfg.bootstrap_samples,
+                               seed=self.seed)
 
     def majority(self, train: list[Any] | None, evaluation: list[Any]) -> dict[str, Any]:
         return majority(self.spec, train, evaluation)
@@ -491,12 +501,14 @@ def results_table(results: dict[str, Any]) -> list[dict[str, Any]]:
     for name, r in results["tasks"].items():
         if r["status"] != "done":
             rows.append({"task": name, "status": r["status"], "protocol": "", "metric": "", "score [95% CI]": "",
-                         "random init": "", "majority": "", "n": "", "note": r.get("reason", "")})
+                         "random init": "", "pretrained - random init [paired 95% CI]": "", "majority": "", "n": "",
+                         "note": r.get("reason", "")})
             continue
         majority = r.get("majority", {}).get("metrics", {})
         for metric, value in r["metrics"].items():
             rows.append({"task": name, "status": "done", "protocol": r["protocol"], "metric": metric,
                          "score [95% CI]": _fmt(value), "random init": _fmt(r.get("random_init", {}).get(metric)),
+                         "pretrained - random init [paired 95% CI]": _fmt(r.get("transfer", {}).get(metric)),
                          "majority": rounded(majority.get(metric, {}).get("value")), "n": r["n_eval"],
                          "note": "; ".join(r.get("notes", []))})
     return rows

@@ -84,7 +84,10 @@ def test_stage_end_to_end(tmp_path, tiny_model_dir, ctx, torch_one_thread):
     for name in ("sst2", "rte", "copa", "rte_sg"):
         t = tasks[name]
         assert t["status"] == "done" and t["protocol"] == "finetune", (name, t)
-        assert set(t["random_init"]) == set(t["metrics"])
+        assert set(t["random_init"]) == set(t["metrics"]) == set(t["transfer"])
+        for m, d in t["transfer"].items():  # the paired difference: pretrained minus random init
+            assert d["value"] == pytest.approx(t["metrics"][m]["value"] - t["random_init"][m]["value"])
+            assert d["ci"][0] <= d["value"] <= d["ci"][1] and isinstance(d["separated"], bool)
         for v in t["metrics"].values():
             assert v["ci"][0] <= v["value"] <= v["ci"][1]
         assert (out / "predictions" / f"{name}.jsonl").exists()

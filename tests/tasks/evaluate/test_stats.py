@@ -190,3 +190,32 @@ def test_suite_average_missing_undefined_and_percent():
     with pytest.raises(UserError, match="twice"):
         suite_average({"sst2": {"accuracy": 0.9}, "SST-2": {"accuracy": 0.9}}, "glue")
     assert suite_average({}, "superglue")["score"] is None
+
+
+def test_transfer_effect_is_a_paired_difference_that_sees_what_marginal_intervals_miss():
+    """Two classifiers that agree on most examples: their marginal intervals overlap, the paired interval of
+    the difference (both scored on the same resamples) does not contain 0; the fast path equals the slow."""
+    from types import SimpleNamespace
+
+    from tasks.evaluate.data import resolve
+    from tasks.evaluate.results import _Difference, score_task, transfer_effect
+
+    spec = resolve(["sst2"])[0]
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 2, 800)
+    examples = [SimpleNamespace(label=int(y), group=None, answers=None) for y in gold]
+    base = np.where(rng.random(800) < 0.70, gold, 1 - gold)
+    better = base.copy()
+    wrong = np.flatnonzero(base != gold)
+    better[wrong[: len(wrong) // 6]] = gold[wrong[: len(wrong) // 6]]  # fixes 1 in 6 of the baseline's errors
+    a, b = score_task(spec, examples, better.tolist()), score_task(spec, examples, base.tolist())
+    assert a["accuracy"]["ci"][0] < b["accuracy"]["ci"][1]  # the marginal intervals overlap
+    t = transfer_effect(spec, examples, better.tolist(), base.tolist(), samples=500, seed=1)["accuracy"]
+    assert t["value"] == pytest.approx(a["accuracy"]["value"] - b["accuracy"]["value"])
+    assert 0 < t["ci"][0] <= t["value"] <= t["ci"][1] and t["separated"] is True
+    same = transfer_effect(spec, examples, base.tolist(), base.tolist(), samples=200)["accuracy"]
+    assert same["value"] == 0 and same["ci"] == [0.0, 0.0] and same["separated"] is False
+    refs = gold.tolist()
+    diff = _Difference(ResampledMetric("accuracy", better.tolist(), refs), ResampledMetric("accuracy", base.tolist(), refs))
+    slow = bootstrap_ci(lambda idx: diff(idx), 800, samples=200, seed=3)
+    assert bootstrap_ci(diff, 800, samples=200, seed=3) == pytest.approx(slow)
