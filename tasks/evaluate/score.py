@@ -214,6 +214,8 @@ class LoglikScorer:
         else shared rows, split so that each fits the batch budget."""
         if not self.share_context or any(len(ctx) + len(c) - 1 > self.max_length for c in conts):
             return [_Unit(ctx[-(self.max_length + 1 - len(c)):], [c], [s]) for c, s in zip(conts, slots)]
+        if len(ctx) == 1:  # an empty context (BOS): sharing saves one token and costs the 4D mask
+            return [_Unit(ctx, [c], [s]) for c, s in zip(conts, slots)]
         units = [_Unit(ctx, [], [])]
         for c, s in zip(conts, slots):
             if units[-1].conts and units[-1].length + len(c) - 1 > self.max_batch_tokens:
@@ -269,7 +271,7 @@ class LoglikScorer:
         seg_t = torch.tensor(seg, device=dev)
         rows_t, cols_t = torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)
         kwargs: dict[str, Any] = {"use_cache": False}
-        if share:
+        if share and any(len(u.conts) > 1 for u in batch):  # else the plain causal mask is the same mask
             kwargs["attention_mask"] = self._shared_mask(seg_t)
             kwargs["position_ids"] = torch.tensor(pos, device=dev)
         else:
