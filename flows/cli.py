@@ -101,28 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the sources the run was given with --source, if any")
     ver.add_argument("--sizes-only", action="store_true", help="check sizes only (no reading of every byte)")
 
-    ev = sub.add_parser("evaluate", help="run the evaluate stage alone on a model directory (ours or a "
-                                         "Hugging Face causal LM), with a pipeline's evaluate settings")
-    ev.add_argument("pipeline", nargs="?", default="demo", help="whose evaluate: settings to use (default: demo)")
-    ev.add_argument("--model", required=True, help="the model directory: the pretrain stage's model/ or hf/, or a "
-                                                   "Hugging Face causal LM directory")
-    ev.add_argument("-c", "--config", help="pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)")
-    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config key, e.g. --set evaluate.tasks=[sst2,rte] (repeatable)")
-    ev.add_argument("--summary", help="also write the run summary JSON here")
-    ev.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines")
-
-    bi = sub.add_parser("bias", help="run the bias stage alone on a model directory (ours or a Hugging Face "
-                                     "causal LM), with a pipeline's bias settings")
-    bi.add_argument("pipeline", nargs="?", default="demo", help="whose bias: settings to use (default: demo)")
-    bi.add_argument("--model", required=True, help="the model directory: the pretrain stage's model/ or hf/, or a "
-                                                   "Hugging Face causal LM directory")
-    bi.add_argument("-c", "--config", help="pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)")
-    bi.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config key, e.g. --set bias.limit=200, or --set "
-                         "bias.counterfactual.evaluate_dir=DIR for the classifiers of an evaluate output")
-    bi.add_argument("--summary", help="also write the run summary JSON here")
-    bi.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines")
+    for name, example in (("evaluate", "evaluate.tasks=[sst2,rte]"),
+                          ("bias", "bias.limit=200, or --set bias.counterfactual.evaluate_dir=DIR for the "
+                                   "classifiers of an evaluate output")):
+        one = sub.add_parser(name, help=f"run the {name} stage alone on a model directory (ours or a Hugging "
+                                        f"Face causal LM), with a pipeline's {name} settings")
+        one.add_argument("pipeline", nargs="?", default="demo",
+                         help=f"whose {name}: settings to use (default: demo)")
+        one.add_argument("--model", required=True, help="the model directory: the pretrain stage's model/ or hf/, "
+                                                        "or a Hugging Face causal LM directory")
+        one.add_argument("-c", "--config", help="pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)")
+        one.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help=f"override a config key, e.g. --set {example} (repeatable)")
+        one.add_argument("--summary", help="also write the run summary JSON here")
+        one.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines")
 
     pr = sub.add_parser("predict", help="label a text with a classifier the evaluate stage fine-tuned")
     pr.add_argument("model_dir", help="a classifier directory: <evaluate output>/classifiers/<task>")
@@ -216,8 +208,8 @@ def _run(args: argparse.Namespace, stop: StopOnSignals) -> int:
     # resolve the config and the sources before starting Prefect, so their errors come back in a second
     model = getattr(args, "model", None)
     sources, until = getattr(args, "sources", []), getattr(args, "until", None)
-    if model and args.command == "bias":
-        until = "bias"
+    if model:  # `llmpipe evaluate|bias --model DIR`: that stage alone
+        until = args.command
     _, cfg = load_pipeline(args.pipeline, args.config, args.overrides, sources)
     from flows import pipeline
 
@@ -226,7 +218,7 @@ def _run(args: argparse.Namespace, stop: StopOnSignals) -> int:
         from tasks.evaluate.external import model_kind
 
         model_kind(Path(model))  # a wrong path is reported now, not after Prefect started
-        cfg, stages, until = pipeline.model_only(cfg, model, until or "evaluate")
+        cfg, stages, until = pipeline.model_only(cfg, model, until)
     pipeline.preflight(cfg, until, remember=True, stages=stages)
     check_prefect_server()
 

@@ -17,11 +17,10 @@ import numpy as np
 def classifier_consistency(task: str, evaluate_dir: Path, pairs_file: str | None, limit: int | None,
                            samples: int, seed: int) -> dict[str, Any]:
     """A record for one task: status done (figures, outcomes) or skipped (reason)."""
-    from tasks.bias.checks import Figure
+    from tasks.bias.checks import figure, mean_metric
     from tasks.bias.counterfactual import load_pairs, swap
     from tasks.evaluate import data as taskdata
     from tasks.evaluate.finetune import predict_examples
-    from tasks.evaluate.stats import bootstrap_ci
 
     classifier = evaluate_dir / "classifiers" / task
     record_path = evaluate_dir / "tasks" / f"{task}.json"
@@ -59,11 +58,8 @@ def classifier_consistency(task: str, evaluate_dir: Path, pairs_file: str | None
     flips = np.array([b["prediction"] != a["prediction"] for b, a in zip(before, after)], dtype=np.float64)
     delta = np.array([abs(b["scores"][b["prediction"]] - a["scores"][b["prediction"]])
                       for b, a in zip(before, after)], dtype=np.float64)
-    figures = {}
-    for name, values in (("flip_rate", flips), ("mean_abs_delta_p", delta)):
-        ci = bootstrap_ci(lambda idx, v=values: float(v[idx].mean()), len(values), samples, seed) if samples else None
-        figures[name] = Figure(value=float(values.mean()), ci=ci, n=len(values), chance=0.0,
-                               distinguishable=None if ci is None else bool(ci[0] > 0.0 or ci[1] < 0.0))
+    figures = {name: figure(mean_metric(values), samples, seed, 0.0)
+               for name, values in (("flip_rate", flips), ("mean_abs_delta_p", delta))}
     outcomes = [{"idx": o.idx, "swaps": s, "prediction": b["prediction"], "prediction_swapped": a["prediction"],
                  "p": round(b["scores"][b["prediction"]], 5), "p_swapped": round(a["scores"][b["prediction"]], 5)}
                 for o, s, b, a in zip(originals, swaps, before, after)]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +28,8 @@ from pydantic import Field, model_validator
 
 from tasks.core.artifacts import Artifact, Markdown, Table
 from tasks.core.config import StageConfig
-from tasks.core.errors import RunInterrupted, UserError
+from tasks.core.errors import UserError
+from tasks.core.records import file_stamps, raise_if_failed, run_once, write_json, write_jsonl
 from tasks.core.result import StageResult
 from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
 from tasks.core.stopping import raise_if_stopping
@@ -117,10 +117,6 @@ class BiasConfig(StageConfig):
         return self.limits.get(check, self.limit)
 
 
-class CheckFailed(UserError):
-    """One or more checks failed; the others' results are kept in the stage directory for the rerun."""
-
-
 # the stage ----------------------------------------------------------------------------------------
 def run_bias(inputs: Inputs, out_uri: str, cfg: BiasConfig, ctx: RunContext) -> StageOutput:
     from tasks.evaluate.score import open_scorer
@@ -144,12 +140,8 @@ def run_bias(inputs: Inputs, out_uri: str, cfg: BiasConfig, ctx: RunContext) -> 
     gates = check_thresholds(cfg.thresholds, figures, cfg.fail_when)
     report = {"model": str(hf_dir), "device": str(device), "checks": records, "thresholds": gates,
               "verdict": verdict(gates), "seconds": round(time.perf_counter() - started, 3)}
-    _write_json(out / "bias.json", report)
-    failed = {n: r["reason"] for n, r in records.items() if r["status"] == "failed"}
-    if failed:
-        raise CheckFailed(f"bias: {len(failed)} check(s) failed: " + "; ".join(f"{n}: {why}" for n, why in
-                                                                             failed.items())
-                          + f". The other checks' results are kept in {out}; rerun to redo the failed ones.")
+    write_json(out / "bias.json", report)
+    raise_if_failed(records, "bias", "check", out)
     return StageOutput(outputs=_outputs(out), stats=_stats(report))
 
 
@@ -161,22 +153,8 @@ class CheckRun:
 
     def once(self, name: str) -> dict[str, Any]:
         """A finished check's record from an earlier attempt, else run it; a failure becomes a record."""
-        path = self.out / "checks" / f"{name}.json"
-        if path.exists():
-            record = json.loads(path.read_text())
-            if record.get("status") != "failed":
-                log.info("bias: %s finished in an earlier attempt; kept", name)
-                return record
-        start = time.perf_counter()
-        try:
-            record = {"check": name} | getattr(self, f"run_{name}")()
-        except (RunInterrupted, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # noqa: BLE001 - one check's failure must not lose the others
-            log.exception("bias: %s failed", name)
-            record = {"check": name, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-        record["seconds"] = round(time.perf_counter() - start, 3)
-        _write_json(path, record)
+        record = run_once(self.out / "checks" / f"{name}.json", {"check": name}, getattr(self, f"run_{name}"),
+                          log, f"bias: {name}")
         _log_record(record)
         return record
 
@@ -235,26 +213,25 @@ class CheckRun:
         check = checks.CHECKS[name]
         items = loaded.items
         requests = check.requests(items)
-        fits = self.scorer.fits(requests)
-        too_long = len(items) - sum(fits)
+        start = time.perf_counter()
+        scored = self.scorer.score(requests, skip_too_long=True)
+        seconds = time.perf_counter() - start
+        too_long = sum(s is None for s in scored)
         if too_long:  # a small model's window: said in the record, never silently dropped
             log.warning("bias: %s: %d of %d items are longer than the model's window of %d tokens; left out",
                         name, too_long, len(items), self.scorer.max_length)
-            items = [it for it, ok in zip(items, fits) if ok]
-            requests = [rq for rq, ok in zip(requests, fits) if ok]
-            if not items:
+            if too_long == len(items):
                 return _skipped(f"{name}: every item is longer than the model's window of "
                                 f"{self.scorer.max_length} tokens")
-        start = time.perf_counter()
-        scores = self.scorer.score(requests)
-        seconds = time.perf_counter() - start
+        items = [it for it, sc in zip(items, scored) if sc is not None]
+        scores = [sc for sc in scored if sc is not None]
         outcomes = check.outcomes(items, scores)
         self.write_predictions(name, outcomes)
         figures = check.figures(items, outcomes, self.cfg.bootstrap_samples, self.seed)
         return {"status": "done", "n_items": len(items), "path": loaded.path,
                 "figures": {k: f.to_dict() for k, f in figures.items()}, **_bad_rows(loaded),
                 **({"left_out": {"longer than the model's window": too_long}} if too_long else {}),
-                "scoring": {"requests": len(requests), "seconds": round(seconds, 3),
+                "scoring": {"requests": len(items), "seconds": round(seconds, 3),
                             "items_per_s": round(len(items) / seconds, 2) if seconds else None}}
 
     def run_probes(self) -> dict[str, Any]:
@@ -342,13 +319,7 @@ class CheckRun:
         return {"status": "done", "corpus": counts}
 
     def write_predictions(self, name: str, rows: list[dict[str, Any]]) -> None:
-        path = self.out / "predictions" / f"{name}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
+        write_jsonl(self.out / "predictions" / f"{name}.jsonl", rows)
 
 
 def _skipped(reason: str) -> dict[str, Any]:
@@ -459,16 +430,8 @@ def _log_record(record: dict[str, Any]) -> None:
              sum(bool(f.get("distinguishable")) for f in record.get("figures", {}).values()))
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def bias_key_inputs(cfg: BiasConfig, ctx: RunContext) -> dict[str, Any]:
     """The data sets' and user files' sizes and modification times: editing one reruns the stage."""
-    files: dict[str, list[int]] = {}
     paths = []
     if cfg.data_dir and Path(cfg.data_dir).is_dir():
         paths += [p for p in sorted(Path(cfg.data_dir).rglob("*")) if p.is_file()]
@@ -476,10 +439,7 @@ def bias_key_inputs(cfg: BiasConfig, ctx: RunContext) -> dict[str, Any]:
               if p and Path(p).is_file()]
     if cfg.counterfactual.evaluate_dir:  # the classifiers' results: another evaluate run means a rerun
         paths += [p for p in [Path(cfg.counterfactual.evaluate_dir) / "results.json"] if p.is_file()]
-    for p in paths:
-        st = p.stat()
-        files[str(p.resolve())] = [st.st_size, st.st_mtime_ns]
-    return {"files": files}
+    return {"files": file_stamps(paths)}
 
 
 def bias_preflight(cfg: BiasConfig) -> None:

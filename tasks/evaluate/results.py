@@ -13,19 +13,22 @@ SOURCES = {"multirc_f1a": ("multirc", "f1a"), "exact_match": ("multirc", "exact_
 GROUPED = ("multirc", "gender_parity")
 
 
+def _references(module: str, examples: list[Any]) -> tuple[list[Any] | None, list[Any] | None]:
+    """(references, groups) a metric module scores against: none for gender_parity, answer lists for
+    ReCoRD, labels otherwise; group ids for the metrics that score whole groups."""
+    groups = [ex.group for ex in examples] if module in GROUPED else None
+    if module == "gender_parity":
+        return None, groups
+    return [ex.answers if module == "record" else ex.label for ex in examples], groups
+
+
 def score_task(spec: Any, examples: list[Any], predictions: list[Any], samples: int = 1000,
                seed: int = 0) -> dict[str, dict[str, Any]]:
     """{output: {"value", "ci": [lo, hi] or None}} for each of the task's metrics."""
     out: dict[str, dict[str, Any]] = {}
     for metric in spec.metrics:
         module, key = SOURCES.get(metric, (metric, metric))
-        groups = [ex.group for ex in examples] if module in GROUPED else None
-        if module == "gender_parity":
-            refs = None
-        elif module == "record":
-            refs = [ex.answers for ex in examples]
-        else:
-            refs = [ex.label for ex in examples]
+        refs, groups = _references(module, examples)
         extra = {"groups": groups} if groups is not None else {}
         value = compute(module, predictions, refs, **extra)[key]
         ci = None
@@ -63,9 +66,7 @@ def transfer_effect(spec: Any, examples: list[Any], predictions: list[Any], base
         value = None if a[key]["value"] is None or b[key]["value"] is None else a[key]["value"] - b[key]["value"]
         ci = None
         if samples and value is not None:
-            groups = [ex.group for ex in examples] if module in GROUPED else None
-            refs = None if module == "gender_parity" else \
-                [ex.answers for ex in examples] if module == "record" else [ex.label for ex in examples]
+            refs, groups = _references(module, examples)
             diff = _Difference(stats.ResampledMetric(module, predictions, refs, groups=groups, key=key),
                                stats.ResampledMetric(module, baseline, refs, groups=groups, key=key))
             lo, hi = stats.bootstrap_ci(diff, len(examples), samples=samples, seed=seed, groups=groups)

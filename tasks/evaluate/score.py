@@ -143,37 +143,29 @@ class LoglikScorer:
         self.keep_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._probed = False
 
-    def score(self, requests: list[Request]) -> list[list[ChoiceScore]]:
-        """One ChoiceScore per continuation of each request, in the order given."""
+    def score(self, requests: list[Request], skip_too_long: bool = False) -> list[list[ChoiceScore] | None]:
+        """One ChoiceScore per continuation of each request, in the order given. A continuation longer than
+        the model's window cannot be scored (a context is cut on the left, a continuation cannot be): an
+        error, or with `skip_too_long` None in that request's place."""
         if not self._probed:
             self._probe()
-        units, chars, n_slots = self._encode(requests)
+        units, chars, n_slots, skipped = self._encode(requests, skip_too_long)
         logprob, n_tok, greedy = self._run(units, n_slots, self.share_context, self.keep_logits)
-        out, slot = [], 0
-        for _, conts in requests:
-            row = []
-            for cont in conts:
-                row.append(ChoiceScore(logprob[slot], n_tok[slot], len(cont), greedy[slot], chars[slot]))
-                slot += 1
-            out.append(row)
-        return out
-
-    def fits(self, requests: list[Request]) -> list[bool]:
-        """Whether every continuation of each request fits the model's window: a context is cut on the left
-        when it does not, a continuation cannot be (score() refuses such a request)."""
-        ctx_ids = self._tok([context.rstrip() for context, _ in requests])
-        whole = self._tok([context + cont for context, conts in requests for cont in conts])
-        out, slot = [], 0
+        out: list[list[ChoiceScore] | None] = []
+        slot = 0
         for r, (_, conts) in enumerate(requests):
-            n = len(ctx_ids[r])
-            out.append(all(len(whole[slot + i]) - n <= self.max_length for i in range(len(conts))))
+            row = [ChoiceScore(logprob[s], n_tok[s], len(c), greedy[s], chars[s])
+                   for s, c in enumerate(conts, start=slot)]
+            out.append(None if r in skipped else row)
             slot += len(conts)
         return out
 
     # -- tokenization, lm-eval's way ------------------------------------------------------------------
 
-    def _encode(self, requests: list[Request]) -> tuple[list[_Unit], list[int], int]:
-        """The rows to run (context left-truncated to the window), each slot's norm_chars, the slot count."""
+    def _encode(self, requests: list[Request], skip_too_long: bool = False
+                ) -> tuple[list[_Unit], list[int], int, set[int]]:
+        """The rows to run (context left-truncated to the window), each slot's norm_chars, the slot count, and
+        the requests left out for a continuation longer than the window (with skip_too_long)."""
         ctx_strs, whole_strs, chars = [], [], []
         for r, (context, conts) in enumerate(requests):
             if not conts:
@@ -184,7 +176,7 @@ class LoglikScorer:
                 chars.append(len(cont.lstrip()))
         ctx_ids = self._tok(ctx_strs)
         whole_ids = self._tok(whole_strs)
-        units, slot = [], 0
+        units, slot, skipped = [], 0, set()
         for r, (context, conts) in enumerate(requests):
             ctx = ctx_ids[r]
             if not ctx:  # "" (or only whitespace, which lm-eval would leave with no context at all)
@@ -196,12 +188,15 @@ class LoglikScorer:
                 if not ids:
                     raise UserError(f"request {r}: continuation {i} ({conts[i]!r}) encodes to no tokens "
                                     "after its context; give every choice some text")
-                if len(ids) > self.max_length:
+                if len(ids) > self.max_length and not skip_too_long:
                     raise UserError(f"request {r}: continuation {i} has {len(ids)} tokens, more than the "
                                     f"model's window of {self.max_length}")
-            units += self._units(ctx, cont_ids, list(range(slot, slot + len(conts))))
+            if any(len(ids) > self.max_length for ids in cont_ids):
+                skipped.add(r)
+            else:
+                units += self._units(ctx, cont_ids, list(range(slot, slot + len(conts))))
             slot += len(conts)
-        return units, chars, slot
+        return units, chars, slot, skipped
 
     def _tok(self, strings: list[str]) -> list[list[int]]:
         if not strings:

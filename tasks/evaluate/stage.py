@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field
 
 from tasks.core.artifacts import Artifact, Markdown, Table, rounded
 from tasks.core.config import StageConfig
-from tasks.core.errors import RunInterrupted, UserError
+from tasks.core.errors import UserError
+from tasks.core.records import file_stamps, raise_if_failed, run_once, write_json, write_jsonl
 from tasks.core.result import StageResult
 from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
 from tasks.core.stopping import raise_if_stopping
@@ -84,10 +83,6 @@ class EvaluateConfig(StageConfig):
     key_exclude = frozenset({"max_batch_tokens", "cpu_threads"})
 
 
-class TaskFailed(UserError):
-    """One or more tasks failed; the others' results are kept in the stage directory for the rerun."""
-
-
 # the stage ----------------------------------------------------------------------------------------
 def run_evaluate(inputs: Inputs, out_uri: str, cfg: EvaluateConfig, ctx: RunContext) -> StageOutput:
     from tasks.evaluate.score import open_scorer
@@ -112,13 +107,9 @@ def run_evaluate(inputs: Inputs, out_uri: str, cfg: EvaluateConfig, ctx: RunCont
     results["tasks"] = done
     results["averages"] = averages(done)
     results["seconds"] = round(time.perf_counter() - started, 3)
-    _write_json(out / "results.json", results)
-    _write_json(out / "metrics.json", model_metrics(results))
-    failed = {n: r["reason"] for n, r in done.items() if r["status"] == "failed"}
-    if failed:
-        raise TaskFailed(f"evaluate: {len(failed)} task(s) failed: " + "; ".join(f"{n}: {why}" for n, why in
-                                                                               failed.items())
-                         + f". The other tasks' results are kept in {out}; rerun to redo the failed ones.")
+    write_json(out / "results.json", results)
+    write_json(out / "metrics.json", model_metrics(results))
+    raise_if_failed(done, "evaluate", "task", out)
     shutil.rmtree(out / "_work", ignore_errors=True)  # checkpoints and the random-init classifiers
     return StageOutput(outputs=_outputs(out), stats=_stats(results))
 
@@ -174,23 +165,8 @@ def _task_specs(cfg: EvaluateConfig) -> list[Any]:
 def _run_task_once(spec: Any, cfg: EvaluateConfig, out: Path, hf_dir: Path, scorer: Any,
                    done: dict[str, dict[str, Any]], ctx: RunContext) -> dict[str, Any]:
     """A finished task's record from a previous attempt, else run it; a failure becomes a record."""
-    record_path = out / "tasks" / f"{spec.name}.json"
-    if record_path.exists():
-        record = json.loads(record_path.read_text())
-        if record.get("status") != "failed":
-            log.info("evaluate: %s finished in an earlier attempt; kept", spec.name)
-            return record
-    start = time.perf_counter()
-    try:
-        record = TaskRun(spec, cfg, out, hf_dir, scorer, done, ctx.seed).run()
-    except (RunInterrupted, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # noqa: BLE001 - one task's failure must not lose the others
-        log.exception("evaluate: %s failed", spec.name)
-        record = {"task": spec.name, "suite": spec.suite, "status": "failed",
-                  "reason": f"{type(exc).__name__}: {exc}"}
-    record["seconds"] = round(time.perf_counter() - start, 3)
-    _write_json(record_path, record)
+    record = run_once(out / "tasks" / f"{spec.name}.json", {"task": spec.name, "suite": spec.suite},
+                      TaskRun(spec, cfg, out, hf_dir, scorer, done, ctx.seed).run, log, f"evaluate: {spec.name}")
     _log_record(record)
     return record
 
@@ -400,15 +376,9 @@ class TaskRun:
         return majority(self.spec, train, evaluation)
 
     def write_predictions(self, evaluation: list[Any], rows: list[dict[str, Any]], suffix: str) -> None:
-        path = self.out / "predictions" / f"{self.spec.name}{suffix}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w") as f:
-            for ex, row in zip(evaluation, rows):
-                gold = ex.answers if ex.answers is not None else ex.label
-                f.write(json.dumps({"idx": ex.idx, "gold": gold, **{k: v for k, v in row.items() if k != "idx"}},
-                                   default=_json_default) + "\n")
-        os.replace(tmp, path)
+        write_jsonl(self.out / "predictions" / f"{self.spec.name}{suffix}.jsonl",
+                    ({"idx": ex.idx, "gold": ex.answers if ex.answers is not None else ex.label,
+                      **{k: v for k, v in row.items() if k != "idx"}} for ex, row in zip(evaluation, rows)))
 
 
 # results ----------------------------------------------------------------------------------------
@@ -455,29 +425,12 @@ def _log_record(record: dict[str, Any]) -> None:
     log.info("evaluate: %-8s %s (%d examples): %s", record["task"], record["protocol"], record["n_eval"], figures)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
 def evaluate_key_inputs(cfg: EvaluateConfig, ctx: RunContext) -> dict[str, Any]:
     """The task files' sizes and modification times: editing a dataset reruns the stage."""
-    files: dict[str, list[int]] = {}
     roots = [Path(d) for d in (cfg.glue_dir, cfg.superglue_dir) if d]
     paths = [p for root in roots if root.is_dir() for p in sorted(root.rglob("*")) if p.is_file()]
     paths += [Path(p) for own in cfg.own for p in (own.train, own.dev, own.test) if p and Path(p).is_file()]
-    for p in paths:
-        st = p.stat()
-        files[str(p.resolve())] = [st.st_size, st.st_mtime_ns]
-    return {"files": files}
+    return {"files": file_stamps(paths)}
 
 
 def evaluate_artifacts(result: StageResult) -> list[Artifact]:

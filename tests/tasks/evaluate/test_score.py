@@ -189,10 +189,12 @@ def test_continuations_that_cannot_be_scored_are_refused(llama):
         scorer.score([("the cat", [])])
 
 
-def test_fits_says_which_requests_score_refuses_for_length(llama):
+def test_skip_too_long_leaves_out_what_score_refuses_for_length(llama):
     scorer = LoglikScorer(*llama)
     requests = [("the cat", [" sat"]), ("the cat", [" sat", " sat" * 70]), ("the cat " * 200, [" sat"]),
                 ("", ["a dog ran"])]
-    assert scorer.fits(requests) == [True, False, True, True]  # a long context is cut; a long answer is not
-    kept = [r for r, ok in zip(requests, scorer.fits(requests)) if ok]
+    scored = scorer.score(requests, skip_too_long=True)
+    assert [s is not None for s in scored] == [True, False, True, True]  # a long context is cut; a long answer is not
+    kept = [r for r, s in zip(requests, scored) if s is not None]
     assert len(scorer.score(kept)) == 3
+    assert [s for s in scored if s is not None] == scorer.score(kept)  # the same scores as without the long one
