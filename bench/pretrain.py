@@ -31,11 +31,13 @@ from models.generate import SpeculativeStats, generate, speculative_generate
 from models.gpt import GPT, GPTConfig
 from tasks.pretrain.data import LMData, phrase_tokens, write_token_index
 from tasks.pretrain.lm import TrainConfig, make_trainer
-from tasks.pretrain.loop import LoopConfig, Trainer, attention_kernels, peak_flops
+from tasks.pretrain.loop import LoopConfig, Trainer, attention_kernels, peak_flops, resolve_precision
 
 ARCH = dict(n_kv_head=0, mlp="swiglu", dropout=0.0, tie_embeddings=True)
 GPT2_SMALL = dict(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768) | ARCH
 TINY = dict(vocab_size=4096, block_size=128, n_layer=4, n_head=4, n_embd=128) | ARCH
+BOOKS = dict(vocab_size=8192, block_size=256, n_layer=6, n_head=6, n_embd=192) | ARCH  # the README's books model
+SHAPES = {"tiny": TINY, "books": BOOKS, "gpt2-small": GPT2_SMALL}
 # the benchmark's own optimizer settings (the stage config that holds the pipeline's defaults needs
 # pydantic, which bare GPU machines lack); only speed is measured, and both models get the same
 OPTIMIZER = dict(weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, warmup_steps=10, min_lr_ratio=0.1)
@@ -68,7 +70,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path):
         self.args, self.workdir = args, workdir
         self.gpu = torch.cuda.is_available() and not args.tiny
-        self.shape = dict(TINY if args.tiny else GPT2_SMALL)
+        self.shape = dict(SHAPES[args.shape] if args.shape else TINY if args.tiny else GPT2_SMALL)
         self.started = time.perf_counter()
         self.results: dict[str, Any] = {"device": device_description(), "mode": "tiny-cpu" if args.tiny else
                                         ("gpu" if self.gpu else "cpu"), "errors": [], "skipped": []}
@@ -88,7 +90,7 @@ class Bench:
                lr: float = 6e-4) -> TrainConfig:
         a = self.args
         loop = LoopConfig(out_dir=str(self.workdir / name), micro_batch=a.micro_batch, grad_accum=1, lr=lr,
-                          max_steps=100_000, max_tokens=0, precision="auto", compile=self.compile,
+                          max_steps=100_000, max_tokens=0, precision=a.precision, compile=self.compile,
                           attention=attention, cpu=not self.gpu, cpu_threads=0, seed=0, eval_every=0,
                           eval_batches=0, checkpoint_every=0, keep_checkpoints=1, log_every=100_000,
                           progress=False, **OPTIMIZER)
@@ -228,7 +230,7 @@ def llama_like(shape: dict[str, Any]):
 def measure_reference(bench: Bench, attention: str = "auto") -> dict[str, Any]:
     a = bench.args
     device = torch.device("cuda" if bench.gpu else "cpu")
-    bf16 = bench.gpu and torch.cuda.is_bf16_supported()
+    bf16 = resolve_precision(a.precision, device) == "bf16"  # the same rule as ours: both sides alike
     torch.manual_seed(0)
     with device:
         model = llama_like(bench.shape)
@@ -386,6 +388,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's on GPU machines, 1 for --tiny: "
                    "a tiny model gains little from a second thread and loses much when another process "
                    "holds its core)")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="the model's shape (default gpt2-small on a GPU, "
+                   "tiny with --tiny); e.g. --tiny --shape books times the README's books model on the CPU")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="both sides' training precision, as pretrain.precision (auto: bf16 on a GPU that has it, "
+                        "fp32 on a CPU; bf16 on a CPU with native bf16, e.g. AMX, is faster)")
     p.add_argument("--no-compile", action="store_true", help="eager mode on GPU")
     p.add_argument("--skip-plain-mtp", action="store_true", help="skip n_future=4 in the plain head order")
     p.add_argument("--budget-s", type=float, default=330, help="skip variants not started by then (seconds)")
