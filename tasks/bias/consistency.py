@@ -53,8 +53,8 @@ def classifier_consistency(task: str, evaluate_dir: Path, pairs_file: str | None
     if not originals:
         return {"status": "skipped", "reason": f"{task}: none of {len(loaded.examples)} evaluation examples "
                                                "holds a term of the word-pair list"}
-    before = predict_examples(classifier, originals)
-    after = predict_examples(classifier, swapped)
+    both = predict_examples(classifier, originals + swapped)  # one load of the classifier for both sets
+    before, after = both[:len(originals)], both[len(originals):]
     flips = np.array([b["prediction"] != a["prediction"] for b, a in zip(before, after)], dtype=np.float64)
     delta = np.array([abs(b["scores"][b["prediction"]] - a["scores"][b["prediction"]])
                       for b, a in zip(before, after)], dtype=np.float64)
