@@ -1,0 +1,1 @@
+"""The register stage: the model registry, the promotion gate, model cards, metric history."""
