@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("text")
     pr.add_argument("--pair", help="the second text, for pair tasks (entailment, paraphrase, ...)")
 
+    from flows.models import add_parser as add_models
+
+    add_models(sub)
+
     show = sub.add_parser("show-config", help="print a pipeline's resolved config as YAML")
     show.add_argument("pipeline", nargs="?", default="demo")
     show.add_argument("-c", "--config")
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "validate": cmd_validate, "stages": cmd_stages,
                 "show-config": cmd_show_config, "verify": cmd_verify, "evaluate": cmd_run, "bias": cmd_run,
-                "predict": cmd_predict}[args.command](args)
+                "predict": cmd_predict, "models": cmd_models}[args.command](args)
     except UserError as exc:
         print(f"llmpipe: error: {exc}", file=sys.stderr)
         return 2
@@ -186,6 +190,12 @@ def cmd_show_config(args: argparse.Namespace) -> int:
     _, cfg = load_pipeline(args.pipeline, args.config, args.overrides)
     sys.stdout.write(dump_yaml(cfg))
     return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from flows.models import cmd_models as run
+
+    return run(args)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -57,15 +57,27 @@ def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] 
     stages = STAGES
     if model:
         cfg, stages, until = model_only(cfg, model, until or "evaluate")
-    preflight(cfg, until, stages=stages)
     flow_run = get_run_context().flow_run
-    run_id = str(flow_run.id)
     _tag_run(flow_run, name)
+    summary = run_config(name, cfg, until, stages, config_file, summary_path, str(flow_run.id))
+    if summary["status"] == "partial":
+        missing = [n for n, e in summary["stages"].items() if e["status"] == "not_implemented"]
+        return Completed(name="Partial", data=summary,
+                         message=f"finished what is built; not implemented yet: {', '.join(missing)}")
+    return summary
+
+
+def run_config(name: str, cfg: Any, until: str | None, stages: list[Stage], config_file: str | None,
+               summary_path: str | None, run_id: str, phase: str = "") -> dict[str, Any]:
+    """Run the stage graph of one resolved config inside the current flow run: its config and summary go
+    to `<store>/runs/<run_id>[/<phase>]/`. Returns the summary; a stage's failure is raised after the
+    summary is written."""
+    preflight(cfg, until, stages=stages)
     ctx = RunContext(store=cfg.store, pipeline=name, run_id=run_id, seed=cfg.seed, runner=cfg.runner,
                      verify=cfg.verify)
     summary = _new_summary(name, run_id, cfg, until, config_file)
     store = Store(cfg.store)
-    run_dir = store.join("runs", run_id)
+    run_dir = store.join("runs", run_id, *([phase] if phase else []))
     try:
         store.makedirs(run_dir)
     except OSError as exc:
@@ -88,10 +100,6 @@ def run_pipeline(pipeline: str, overrides: list[str] | None, sources: list[str] 
         except OSError as exc:  # a full disk must not hide the error that ended the run
             log.warning("could not write the run summary (%s); the stage lines above say what happened", exc)
         report.summary_artifact(summary)
-    if summary["status"] == "partial":
-        missing = [n for n, e in summary["stages"].items() if e["status"] == "not_implemented"]
-        return Completed(name="Partial", data=summary,
-                         message=f"finished what is built; not implemented yet: {', '.join(missing)}")
     return summary
 
 

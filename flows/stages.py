@@ -14,11 +14,8 @@ from tasks.core.stage import Stage
 
 STAGE_MODULES = ("tasks.collect.stage", "tasks.clean.stage", "tasks.dedup.stage", "tasks.pii.stage",
                  "tasks.tokenizer.stage", "tasks.pretrain.stage",
-                 "tasks.evaluate.stage", "tasks.bias.stage")
-NOT_BUILT = (
-    Stage("register", "register the model, gate it against the champion, write the model card",
-          reads=("pretrain", "evaluate", "bias")),
-)
+                 "tasks.evaluate.stage", "tasks.bias.stage", "tasks.register.stage")
+NOT_BUILT: tuple[Stage, ...] = ()
 
 
 def _load() -> list[Stage]:

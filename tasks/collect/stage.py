@@ -62,6 +62,9 @@ class CollectConfig(StageConfig):
     oversize: Literal["split", "drop"] = "split"
     invalid_utf8: Literal["repair", "quarantine"] = "repair"
     incremental: bool = False  # collect only items that are new or changed since the last run
+    # with incremental: compare with this ledger (a collect output's ledger.parquet) instead of the newest
+    # of the scope; the maintenance flow passes the champion's, so what a rejected run collected comes again
+    since_ledger: str | None = None
     shard_mb: int = 128  # Parquet part files are rotated at about this size
     unit_mb: int = Field(64, ge=1)  # input files are grouped into parallel work units of about this size
     http_retries: int = 3
@@ -379,9 +382,18 @@ def collect_key(cfg: CollectConfig, ctx: RunContext) -> dict[str, Any]:
     and (incremental) which ledger they are compared to."""
     extra: dict[str, Any] = {"sources": stable_hash(fingerprint(cfg), 24), "scope": _scope(ctx)}
     if cfg.incremental:
-        ledger = latest_ledger(ctx.open_store(), _scope(ctx))
+        ledger = _since(cfg) or latest_ledger(ctx.open_store(), _scope(ctx))
         extra["ledger"] = ledger and ctx.open_store().file_digest(ledger)
     return extra
+
+
+def _since(cfg: CollectConfig) -> str | None:
+    if cfg.since_ledger is None:
+        return None
+    if not Path(cfg.since_ledger).is_file():
+        raise UserError(f"collect.since_ledger: {cfg.since_ledger} does not exist; give the ledger.parquet of a "
+                        "finished collect output, or remove the key to compare with the newest ledger")
+    return cfg.since_ledger
 
 
 def _scope(ctx: RunContext) -> str:
@@ -393,7 +405,7 @@ def run_collect(inputs: Inputs, out_uri: str, cfg: CollectConfig, ctx: RunContex
         raise UserError("collect.sources is empty: add a source to the pipeline or pass --source PATH_OR_URL.")
     store = ctx.open_store()
     history = latest_ledger(store, _scope(ctx))  # full runs extend it too, so later incremental runs keep it
-    previous = history if cfg.incremental else None  # what the units compare against
+    previous = (_since(cfg) or history) if cfg.incremental else None  # what the units compare against
     units = plan_units(cfg, out_uri, ctx, previous)
     if cfg.max_docs is not None:  # a budget carried across units in order, so the cut is deterministic
         results, left = [], cfg.max_docs

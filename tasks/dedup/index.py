@@ -512,7 +512,8 @@ def visible_generations(cfg: DedupConfig, ctx: RunContext, gen: str, input_tag: 
     """Earlier generations an incremental run dedups against: committed, and not made from this input."""
     if not cfg.incremental:
         return []
-    return [r for r in committed_generations(cfg, ctx) if r["gen"] != gen and r.get("inputs") != input_tag]
+    return [r for r in committed_generations(cfg, ctx) if r["gen"] != gen and r.get("inputs") != input_tag
+            and (cfg.against is None or r["gen"] in cfg.against)]
 
 
 def load_local_generation(index: LocalIndex, store: Store, gen_dir: str, cfg: DedupConfig) -> None:

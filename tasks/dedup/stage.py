@@ -102,6 +102,9 @@ class DedupConfig(StageConfig):
     seed: int = 1  # MinHash permutation seed
     verify: Literal["exact", "signature"] = "exact"  # how LSH candidates are confirmed
     incremental: bool = False  # also remove documents that duplicate the kept documents of earlier runs
+    # with incremental: only these generations (dedup store keys) count as seen; default every committed one.
+    # The maintenance flow passes those of the champion's data, so a rejected run's documents come again
+    against: tuple[str, ...] | None = None
     update_index: bool = True  # publish this run's kept documents to the persistent index when it completes
     backend: Literal["local", "redis"] = "local"  # where the LSH index lives
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -176,7 +176,7 @@ class Registry:
             return self._set_alias(state, alias, version, by, why, expect, run_id)
 
     def _set_alias(self, state: dict[str, Any], alias: str, version: str | None, by: str, why: str,
-                   expect: Any = ..., run_id: str | None = None) -> dict[str, Any]:
+                   expect: Any = ..., run_id: str | None = None, rollback: bool = False) -> dict[str, Any]:
         if version is not None and version not in state["versions"]:
             raise UserError(f"registry {self.name!r} has no version {version!r}; `llmpipe models list` shows them")
         current = state["aliases"].get(alias)
@@ -184,7 +184,7 @@ class Registry:
             raise UserError(f"alias {alias!r} of registry {self.name!r} moved to {current} while this change "
                             f"(from {expect}) was being decided; decide again")
         event = {"when": now(), "alias": alias, "from": current, "to": version, "by": by, "why": why,
-                 **({"run_id": run_id} if run_id else {})}
+                 **({"run_id": run_id} if run_id else {}), **({"rollback": True} if rollback else {})}
         if version is None:
             state["aliases"].pop(alias, None)
         else:
@@ -196,18 +196,26 @@ class Registry:
         return event
 
     def rollback(self, by: str, why: str) -> dict[str, Any]:
-        """The champion goes back to the version it was before its latest change."""
+        """The champion goes back to the one it replaced; rolling back again goes further back (a rollback
+        undoes a promotion, it is not itself undone by the next one)."""
         with self.locked({"action": "rollback"}) as state:
             current = state["aliases"].get(CHAMPION)
-            changes = [e for e in self.history() if e["alias"] == CHAMPION and e["to"] == current]
-            if current is None or not changes or changes[-1]["from"] is None:
+            stack: list[str] = []
+            for e in self.history():
+                if e["alias"] != CHAMPION:
+                    continue
+                if e.get("rollback"):
+                    stack.pop()
+                elif e["to"] is not None:
+                    stack.append(e["to"])
+            if current is None or len(stack) < 2:
                 raise UserError(f"registry {self.name!r}: the champion ({current or 'none'}) has no earlier "
                                 "version to roll back to; `llmpipe models promote VERSION` sets one")
-            target = changes[-1]["from"]
+            target = stack[-2]
             if state["versions"][target]["status"] != "ok":
-                raise UserError(f"cannot roll back to {target}: it is tainted ({state['versions'][target].get('taint', {}).get('reason')}); "
-                                "promote another version")
-            return self._set_alias(state, CHAMPION, target, by, why)
+                reason = state["versions"][target].get("taint", {}).get("reason")
+                raise UserError(f"cannot roll back to {target}: it is tainted ({reason}); promote another version")
+            return self._set_alias(state, CHAMPION, target, by, why, rollback=True)
 
     def record_decision(self, decision: dict[str, Any], promote: bool, run_id: str | None) -> dict[str, Any]:
         """Store a gate decision; when it promotes, move the champion in the same locked change, but only
