@@ -251,6 +251,45 @@ class TokenSplit:
         return np.concatenate(parts)
 
 
+class ReplayError(ValueError):
+    """Replay sampling asked of an index that cannot serve it: not written by an append, or a region
+    (the earlier runs' tokens or the new ones) too small for one window."""
+
+
+def previous_tokens(index: dict[str, Any], split: str) -> int | None:
+    """Tokens of `split` that an appending tokenize run took from the earlier run(s): its first
+    `previous_shards[split]` shards. None when the index was not written with append_to."""
+    counts = index.get("previous_shards")
+    if counts is None:
+        return None
+    shards = index["splits"][split]["shards"][:counts.get(split, 0)]
+    return sum(s["tokens"] for s in shards)
+
+
+def replay_boundary(index: dict[str, Any], split: str, window: int, ratio: float, where: str) -> int:
+    """The position in `split` where the earlier runs' tokens end and the new ones begin, checked for
+    drawing a share `ratio` of the windows before it and the rest after it (a window never crosses it).
+    Reads only the index, so a stage can check before it starts training; `where` names the index."""
+    previous = previous_tokens(index, split)
+    if previous is None and index.get("appended_to"):
+        raise ReplayError(f"{where} lists no previous shards: an older version of the tokenize stage appended "
+                          f"it to {index['appended_to']} without recording which shards came from there. Run the "
+                          "tokenize stage again (same append_to), or remove replay_ratio.")
+    if previous is None:
+        raise ReplayError(f"{where} lists no previous shards: the tokenize run that wrote it did not append "
+                          "to an earlier run, so none of its tokens is old data to replay. Tokenize the new "
+                          "data with tokenize.append_to set to the earlier run's tokens/index.json, or remove "
+                          "replay_ratio to draw windows uniformly over all tokens.")
+    new = index["splits"][split]["tokens"] - previous
+    for region, tokens, share in (("earlier runs'", previous, ratio), ("new", new, 1.0 - ratio)):
+        if share > 0 and tokens < window:
+            raise ReplayError(f"the {region} {split} shards of {where} hold {tokens:,} tokens, fewer than one "
+                              f"window of {window} tokens (sequence length + n_future), and a share {share:g} "
+                              "of the windows is to be drawn from them: add data to that region, use a "
+                              "shorter context, or change replay_ratio.")
+    return previous
+
+
 class TokenWindows:
     """Batches of (x, y) windows for training or evaluation.
 
@@ -259,14 +298,20 @@ class TokenWindows:
 
     mode="random": every batch draws `batch_size * world_size` start positions from one seeded generator
     and rank r takes its slice, so the global batch is the same whatever the number of processes.
+    With `replay_ratio` r (random mode, an index written by an appending tokenize run), each window of
+    the global batch comes from the earlier runs' tokens with probability r, else from the new ones, and
+    `drawn` counts the windows each region gave (the global batch's, the same on every process).
     mode="sequential": non-overlapping windows in order (rank r takes windows r, r+W, ...), one pass.
     `state_dict()` captures the position so a resumed run continues the same data order.
     """
 
     def __init__(self, index_path: str | os.PathLike, split: str, seq_len: int, batch_size: int,
-                 n_future: int = 1, seed: int = 0, mode: str = "random", rank: int = 0, world_size: int = 1):
+                 n_future: int = 1, seed: int = 0, mode: str = "random", rank: int = 0, world_size: int = 1,
+                 replay_ratio: float | None = None):
         if mode not in ("random", "sequential"):
             raise ValueError(f"mode must be 'random' or 'sequential', not {mode!r}")
+        if replay_ratio is not None and (mode != "random" or not 0.0 <= replay_ratio <= 1.0):
+            raise ValueError(f"replay_ratio {replay_ratio} needs mode='random' and a value in [0, 1]")
         self.data = TokenSplit(index_path, split)
         self.seq_len, self.batch_size, self.n_future = seq_len, batch_size, n_future
         self.window = seq_len + n_future
@@ -275,6 +320,10 @@ class TokenWindows:
             raise ValueError(f"split {split!r} has {self.data.total} tokens, fewer than one window of "
                              f"{self.window} (seq_len {seq_len} + n_future {n_future}); use more data or a "
                              "shorter context")
+        self.replay_ratio, self.boundary = replay_ratio, None
+        if replay_ratio is not None:
+            self.boundary = replay_boundary(self.data.index, split, self.window, replay_ratio, str(index_path))
+        self.drawn = {"previous": 0, "new": 0}  # replay: windows drawn from each region so far
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self.batches = 0
         self.position = 0  # sequential mode: next window index
@@ -296,8 +345,11 @@ class TokenWindows:
         import torch  # lazily: the tokenize stage imports this module without needing torch
 
         if self.mode == "random":
-            high = self.data.total - self.window + 1
-            starts = self.rng.integers(0, high, size=self.batch_size * self.world_size)
+            n = self.batch_size * self.world_size
+            if self.boundary is None:
+                starts = self.rng.integers(0, self.data.total - self.window + 1, size=n)
+            else:
+                starts = self._replay_starts(n)
             starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         else:
             idx = [self.position + self.rank + self.world_size * j for j in range(self.batch_size)]
@@ -311,13 +363,32 @@ class TokenWindows:
         w = torch.from_numpy(w)
         return w[:, :self.seq_len], w[:, 1:]
 
+    def _replay_starts(self, n: int) -> np.ndarray:
+        """Start positions of a global batch of n windows: a draw below replay_ratio puts a window among
+        the earlier runs' tokens [0, boundary), else among the new ones [boundary, total); either way it
+        lies wholly inside its region."""
+        previous = self.rng.random(n) < self.replay_ratio
+        low = np.where(previous, 0, self.boundary)
+        high = np.where(previous, self.boundary, self.data.total) - self.window + 1
+        from_previous = int(previous.sum())
+        self.drawn["previous"] += from_previous
+        self.drawn["new"] += n - from_previous
+        return self.rng.integers(low, high)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "seed": self.seed, "batches": self.batches, "position": self.position,
-                "rng": self.rng.bit_generator.state}
+        state = {"mode": self.mode, "seed": self.seed, "batches": self.batches, "position": self.position,
+                 "rng": self.rng.bit_generator.state}
+        if self.replay_ratio is not None:  # absent otherwise: a checkpoint without replay is as it was
+            state |= {"replay_ratio": self.replay_ratio, "drawn": dict(self.drawn)}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["mode"] != self.mode or state["seed"] != self.seed:
             raise ValueError(f"loader state is for mode={state['mode']} seed={state['seed']}, this loader "
                              f"has mode={self.mode} seed={self.seed}")
+        if state.get("replay_ratio") != self.replay_ratio:
+            raise ValueError(f"loader state is for replay_ratio={state.get('replay_ratio')}, this loader has "
+                             f"replay_ratio={self.replay_ratio}")
         self.batches, self.position = state["batches"], state["position"]
         self.rng.bit_generator.state = state["rng"]
+        self.drawn = dict(state.get("drawn", {"previous": 0, "new": 0}))

@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from tasks.core.token_shards import ShardWriter, TokenSplit, TokenWindows, dtype_for_vocab, write_index
+from tasks.core.errors import ConfigError
+from tasks.core.token_shards import (
+    ReplayError,
+    ShardWriter,
+    TokenSplit,
+    TokenWindows,
+    dtype_for_vocab,
+    write_index,
+)
 
 log = logging.getLogger("llmpipe.pretrain")
 
@@ -26,14 +34,19 @@ class LMData:
     """Random training windows (seeded, resumable) and sequential validation windows of one token index.
 
     x is (B, T) and y (B, T + n_future - 1): head k of a multi-token model reads y[:, k:k + T].
+    With replay_ratio (continued pretraining on an appended index), that share of the training windows
+    comes from the earlier runs' tokens and the rest from the new ones; None draws uniformly over all.
     """
 
     def __init__(self, index: str | os.PathLike, seq_len: int, micro_batch: int, n_future: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, replay_ratio: float | None = None):
         self.index, self.seq_len, self.micro_batch, self.n_future = str(index), seq_len, micro_batch, n_future
         self.rank, self.world_size = rank, world_size
-        self.train = TokenWindows(index, "train", seq_len, micro_batch, n_future, seed=seed, mode="random",
-                                  rank=rank, world_size=world_size)
+        try:
+            self.train = TokenWindows(index, "train", seq_len, micro_batch, n_future, seed=seed, mode="random",
+                                      rank=rank, world_size=world_size, replay_ratio=replay_ratio)
+        except ReplayError as exc:
+            raise ConfigError(f"pretrain.replay_ratio: {exc}") from exc
 
     @property
     def vocab_size(self) -> int:
@@ -55,6 +68,16 @@ class LMData:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.train.load_state_dict(state)
+
+    def replay_stats(self) -> dict[str, Any]:
+        """The replay split of the training data and the windows drawn from each part over the run (kept
+        in the loader state, so a resumed run counts from its start); {} without replay."""
+        train = self.train
+        if train.replay_ratio is None:
+            return {}
+        return {"replay_ratio": train.replay_ratio, "previous_train_tokens": train.boundary,
+                "new_train_tokens": train.data.total - train.boundary,
+                "windows_from_previous": train.drawn["previous"], "windows_from_new": train.drawn["new"]}
 
     def val_batches(self, max_batches: int) -> Iterator | None:
         """Up to max_batches (0 = all) batches of the val split, the same count on every process; None

@@ -44,6 +44,9 @@ class TrainConfig:
     memory_saving_heads: bool  # one head's forward+backward at a time (n_future > 1)
     init_from: str  # a model directory to start from ("" = random initialization)
     loop: LoopConfig
+    # share of training windows from the earlier runs' tokens of an appended index (None = uniform over
+    # all); a default, so a run.json written before the option still reads
+    replay_ratio: float | None = None
     lineage: dict[str, Any] = field(default_factory=dict)  # recorded in model/lineage.json
 
     @classmethod
@@ -102,7 +105,7 @@ def make_trainer(cfg: TrainConfig, accelerator=None) -> Trainer:
     acc = accelerator or make_accelerator(cfg.loop)
     model_cfg = GPTConfig.from_dict(cfg.model)
     data = LMData(cfg.index, model_cfg.block_size, cfg.loop.micro_batch, model_cfg.n_future, cfg.loop.seed,
-                  rank=acc.process_index, world_size=acc.num_processes)
+                  rank=acc.process_index, world_size=acc.num_processes, replay_ratio=cfg.replay_ratio)
     check_vocab(model_cfg, data, cfg.index)
     if cfg.init_from:
         check_warm_start(cfg.init_from, cfg.model)
@@ -121,6 +124,7 @@ def train(cfg: TrainConfig, emit: Callable[[str], None] | None = None,
     Path(cfg.loop.out_dir).mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(cfg, accelerator)
     _, summary = run(trainer, emit or log.info, on_step)
+    summary |= trainer.data.replay_stats()
     if trainer.is_main:
         summary |= baseline_summary(cfg.index, summary["val_loss"])
     write_model(trainer, cfg, summary)

@@ -32,7 +32,7 @@ from tasks.core.hashing import sha256_of
 from tasks.core.result import StageResult
 from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
 from tasks.core.stopping import stop_signal
-from tasks.core.token_shards import read_index
+from tasks.core.token_shards import ReplayError, read_index, replay_boundary
 
 log = logging.getLogger("llmpipe.pretrain")
 
@@ -60,6 +60,10 @@ class PretrainConfig(StageConfig):
     # warm start: a model directory the stage wrote (<store>/pretrain/<key>/model); its weights start the
     # run (same shapes), the optimizer and the schedule start fresh. The store key holds the weights' digest
     init_from: str | None = None
+    # continued pretraining on an index that tokenize.append_to wrote: this share of the training windows
+    # is drawn from the earlier runs' tokens (replay), the rest from the new ones. None = uniformly over
+    # all train tokens
+    replay_ratio: float | None = Field(None, ge=0.0, le=1.0)
     # optimization
     micro_batch: int = Field(16, ge=1)  # sequences per process per forward pass
     grad_accum: int = Field(1, ge=1)
@@ -91,6 +95,14 @@ class PretrainConfig(StageConfig):
     distributed: Literal["ddp", "fsdp"] = "ddp"
 
     key_exclude = frozenset({"log_every"})
+
+    def key_dict(self) -> dict[str, Any]:
+        """Unset, replay_ratio trains what the stage trained before the option existed, so it stays out
+        of the key: the keys of existing configs do not change."""
+        key = super().key_dict()
+        if self.replay_ratio is None:
+            del key["replay_ratio"]
+        return key
 
     @model_validator(mode="after")
     def _check_model(self) -> PretrainConfig:
@@ -133,10 +145,15 @@ def build_train_config(cfg: PretrainConfig, index_path: Path, tokenizer_path: Pa
     model = model_fields(cfg, vocab)
     if cfg.init_from:
         check_warm_start(cfg.init_from, model)
+    if cfg.replay_ratio is not None:  # before any process starts: the index alone answers it
+        try:
+            replay_boundary(index, "train", cfg.block_size + cfg.n_future, cfg.replay_ratio, str(index_path))
+        except ReplayError as exc:
+            raise ConfigError(f"pretrain.replay_ratio: {exc}") from exc
     return TrainConfig(index=str(index_path), tokenizer=str(tokenizer_path) if tokenizer_path else "",
                        model=model, memory_saving_heads=cfg.memory_saving_heads,
                        init_from=cfg.init_from or "", loop=loop_config(cfg, out_dir, pipeline_seed),
-                       lineage=lineage)
+                       replay_ratio=cfg.replay_ratio, lineage=lineage)
 
 
 def run_pretrain(inputs: Inputs, out_uri: str, cfg: PretrainConfig, ctx: RunContext) -> StageOutput:
@@ -185,7 +202,8 @@ def run_pretrain(inputs: Inputs, out_uri: str, cfg: PretrainConfig, ctx: RunCont
                   "processes", "device", "precision", "resumed_from_step", "loss_units",
                   "val_unigram_entropy_nats", "val_unigram_entropy_bits", "val_below_unigram",
                   "unigram_entropy_nats", "val_unigram_baseline_nats", "val_bigram_baseline_nats",
-                  "val_below_bigram")
+                  "val_below_bigram", "replay_ratio", "previous_train_tokens", "new_train_tokens",
+                  "windows_from_previous", "windows_from_new")
     return StageOutput(outputs=outputs, stats=stats | {k: summary.get(k) for k in stats_keys if k in summary})
 
 

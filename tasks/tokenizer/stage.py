@@ -759,8 +759,10 @@ class PreviousTokens:
     tokenizer_path: Path  # the tokenizer.json of that run's stage directory
 
     @property
-    def next_index(self) -> dict[str, int]:
-        """Shard numbers continue after the earlier ones, so names stay unique in the combined index."""
+    def counts(self) -> dict[str, int]:
+        """Shards per split that come from the earlier run(s): every shard its index lists, so after a
+        chain of appends they include the shards that index took from the runs before it. Recorded in
+        the new index as `previous_shards`, which pretrain's replay_ratio reads."""
         return {s: len(self.shards.get(s, [])) for s in SPLITS}
 
 
@@ -1023,6 +1025,8 @@ def run_tokenize(inputs: Inputs, out_uri: str, cfg: TokenizeConfig, ctx: RunCont
              "appended_to": os.path.relpath(previous.index_path, tokens_dir) if previous else None}
     if counterfactual is not None:  # readers of the index learn that 'train' holds swapped text
         extra["counterfactual"] = counterfactual
+    if previous is not None:  # absent otherwise: the index of a run from scratch is as it always was
+        extra["previous_shards"] = previous.counts
     index = write_index(tokens_dir / "index.json", dtype=dtype, vocab_size=vocab_size, eot_id=eot_id,
                         tokenizer_sha256=sha, splits=splits, extra=extra)
     stats = tokenize_stats(packed, tok_info={**tok_info, **split_info}, index=index, pack_seconds=pack_seconds,

@@ -346,6 +346,29 @@ def test_append_tokenizes_only_new_docs_with_the_earlier_tokenizer(tmp_path, cor
         np.testing.assert_array_equal(appended_streams[split], full_streams[split])
 
 
+def test_append_records_how_many_shards_are_earlier_ones_through_a_chain(tmp_path, packed):
+    """pretrain.replay_ratio reads `previous_shards`: after a chain of appends, every shard that came
+    before the last append counts as earlier. A run from scratch writes no such key."""
+    assert "previous_shards" not in read_index(packed.files("index")[0])
+    old = read_index(packed.files("index")[0])
+    first = tokenize(tmp_path, write_upstream(tmp_path, "m", make_docs(60, seed=4, prefix="m")),
+                     **PACKED_CFG, append_to=packed.files("index")[0])
+    once = read_index(first.files("index")[0])
+    assert once["previous_shards"] == {s: len(old["splits"][s]["shards"]) for s in ("train", "val")}
+    second = tokenize(tmp_path, write_upstream(tmp_path, "n", make_docs(60, seed=5, prefix="n")),
+                      **PACKED_CFG, append_to=first.files("index")[0])
+    twice = read_index(second.files("index")[0])
+    for split in ("train", "val"):
+        n_before = len(once["splits"][split]["shards"])
+        assert n_before > once["previous_shards"][split]  # the first append added shards of its own
+        assert twice["previous_shards"][split] == n_before
+        earlier = [Path(second.files("index")[0]).parent / s["file"] for s in twice["splits"][split]["shards"]]
+        assert [p.resolve() for p in earlier[:n_before]] == [
+            (Path(first.files("index")[0]).parent / s["file"]).resolve() for s in once["splits"][split]["shards"]]
+        assert all(p.resolve().parent == Path(second.files("index")[0]).parent.resolve()
+                   for p in earlier[n_before:])
+
+
 def test_append_refuses_another_tokenizer_or_split(tmp_path, corpus, packed):
     other = train_tokenizer(iter(VARIED), TokenizeConfig(vocab_size=300))
     other.save(str(tmp_path / "other.json"))
