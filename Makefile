@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# DEMO_ARGS: more options, e.g. `make demo DEMO_ARGS="--set seed=7"` (a second model for the gate to judge)
 demo: $(STAMP)
-	$(VENV)/bin/llmpipe run demo --summary runs/demo-summary.json
+	$(VENV)/bin/llmpipe run demo --summary runs/demo-summary.json $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

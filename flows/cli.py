@@ -116,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("--summary", help="also write the run summary JSON here")
         one.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines")
 
+    mt = sub.add_parser("maintenance", help="fold new data into the champion: continued pretraining with replay "
+                                            "(or a retrain), evaluate, bias, gate, promote or reject")
+    mt.add_argument("pipeline", nargs="?", default="demo", help="pipeline name in pipelines.yaml (default: demo)")
+    mt.add_argument("-c", "--config", help="pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)")
+    mt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set maintenance.min_new_docs=100 (repeatable)")
+    mt.add_argument("--summary", help="also write the run summary JSON (with the maintenance record) here")
+    mt.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines")
+
     pr = sub.add_parser("predict", help="label a text with a classifier the evaluate stage fine-tuned")
     pr.add_argument("model_dir", help="a classifier directory: <evaluate output>/classifiers/<task>")
     pr.add_argument("text")
@@ -139,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": cmd_run, "validate": cmd_validate, "stages": cmd_stages,
-                "show-config": cmd_show_config, "verify": cmd_verify, "evaluate": cmd_run, "bias": cmd_run,
+                "show-config": cmd_show_config, "verify": cmd_verify, "evaluate": cmd_run, "bias": cmd_run, "maintenance": cmd_run,
                 "predict": cmd_predict, "models": cmd_models}[args.command](args)
     except UserError as exc:
         print(f"llmpipe: error: {exc}", file=sys.stderr)
@@ -229,7 +238,8 @@ def _run(args: argparse.Namespace, stop: StopOnSignals) -> int:
 
         model_kind(Path(model))  # a wrong path is reported now, not after Prefect started
         cfg, stages, until = pipeline.model_only(cfg, model, until)
-    pipeline.preflight(cfg, until, remember=True, stages=stages)
+    if args.command != "maintenance":  # maintenance checks each phase's config as it composes it
+        pipeline.preflight(cfg, until, remember=True, stages=stages)
     check_prefect_server()
 
     _quiet_prefect_tracebacks()
@@ -237,14 +247,20 @@ def _run(args: argparse.Namespace, stop: StopOnSignals) -> int:
     print(f"llmpipe: running pipeline '{args.pipeline}' (store: {cfg.store}); starting Prefect...", flush=True)
     from flows.server import send_pending_records, temporary_server
     flow = pipeline.build_pipeline_flow(args.config) if args.config else pipeline.pipeline_flow
+    call = lambda: flow(pipeline=args.pipeline, overrides=args.overrides, sources=sources,  # noqa: E731
+                        until=until, config_file=args.config, summary_path=args.summary, model=model)
+    if args.command == "maintenance":
+        from flows import maintenance
+
+        mflow = maintenance.build_maintenance_flow(args.config) if args.config else maintenance.maintenance_flow
+        call = lambda: mflow(pipeline=args.pipeline, overrides=args.overrides,  # noqa: E731
+                             config_file=args.config, summary_path=args.summary)
     with temporary_server():
         if stop.wait(0) is not None:  # a signal before the flow started: nothing has run yet
             return stop.report(None)
         pipeline._PROGRESS["current"] = printer
         try:
-            summary, error = run_in_thread(lambda: flow(
-                pipeline=args.pipeline, overrides=args.overrides, sources=sources, until=until,
-                config_file=args.config, summary_path=args.summary, model=model), stop)
+            summary, error = run_in_thread(call, stop)
         finally:
             pipeline._PROGRESS.pop("current", None)
             send_pending_records()  # the run's last log lines reach the server (ours or the user's) now
@@ -253,6 +269,12 @@ def _run(args: argparse.Namespace, stop: StopOnSignals) -> int:
     if error is not None:
         return _failed(error)
     printer.done(summary)
+    if "maintenance" in summary:
+        record = summary["maintenance"]
+        new = record.get("new") or {}
+        print(f"llmpipe: maintenance {record['outcome']}: {new.get('documents', 'n/a')} new documents; champion "
+              f"{record.get('champion_before') or 'none'} -> {record.get('champion_after') or 'none'}; record: "
+              f"{record['record']}", flush=True)
     return 0 if summary["status"] in ("completed", "partial") else 1
 
 
@@ -449,6 +471,12 @@ class ProgressPrinter:
             failed, missing = stats.get("thresholds_failed") or [], stats.get("thresholds_not_measured") or []
             extra.append("thresholds: " + (f"FAILED {', '.join(failed)}" if failed else "passed")
                          + (f" ({len(missing)} not measured)" if missing else ""))
+        if "decision" in stats:  # register
+            extra.append(f"{stats['version']} {'registered' if stats.get('new_version') else '(same model as before)'}"
+                         f" in registry {stats['registry']}; gate: {stats['decision']}; champion "
+                         f"{stats.get('champion_before') or 'none'} -> {stats.get('champion') or 'none'}")
+            if stats.get("rules_failed"):
+                extra.append(f"failed: {', '.join(stats['rules_failed'])}")
         counts = "; ".join([c for c in [counts] + extra if c])
         status, err = info["status"], f"  {info.get('error', '')}" if info["status"] == "failed" else ""
         if err.lstrip().startswith(("StopRequested", "TrainingInterrupted", "RunInterrupted")):

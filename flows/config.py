@@ -19,6 +19,7 @@ from flows.stages import STAGES
 from tasks.core.config import StageConfig
 from tasks.core.errors import ConfigError
 from tasks.core.stage import RunnerConfig
+from tasks.register.maintenance import MaintenanceConfig
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "pipelines.yaml"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -40,6 +41,8 @@ def _build_pipeline_model() -> type[StageConfig]:
     }
     for s in STAGES:
         fields[s.name] = (s.config, Field(default_factory=s.config))
+    # the maintenance flow's settings (flows/maintenance.py): not a stage, the same stages composed again
+    fields["maintenance"] = (MaintenanceConfig, Field(default_factory=MaintenanceConfig))
     with warnings.catch_warnings():  # the field `register` shadows ABCMeta.register; harmless on instances
         warnings.simplefilter("ignore", UserWarning)
         return create_model("PipelineConfig", __base__=StageConfig, **fields)

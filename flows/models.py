@@ -125,7 +125,7 @@ def _print_show(reg: Any, version: str) -> None:
     print(f"  data: {json.dumps({k: d.get('digest') for k, d in (lin.get('data') or {}).items()})}")
     print("  sources: " + ", ".join(f"{n} ({c.get('docs_out')} documents)" for n, c in (lin.get("sources") or {}).items()))
     print()
-    print(history_markdown(reg, columns=40))
+    print(history_markdown(reg))
     png = history_plot(reg, reg.root / "history.png")
     if png:
         print(f"\nplot: {png}")

@@ -158,11 +158,11 @@ def _send_logs_to_prefect() -> None:
         logger.addHandler(RunLogHandler())
 
 
-def _tag_run(flow_run: Any, pipeline: str) -> None:
+def _tag_run(flow_run: Any, pipeline: str, extra: tuple[str, ...] = ()) -> None:
     """Tags say which pipeline ran, also for runs started from a deployment or the UI."""
     from prefect.client.orchestration import get_client
 
-    tags = sorted(set(flow_run.tags or []) | {"llmpipe", f"pipeline:{pipeline}"})
+    tags = sorted(set(flow_run.tags or []) | {"llmpipe", f"pipeline:{pipeline}", *extra})
     try:
         with get_client(sync_client=True) as client:
             client.update_flow_run(flow_run.id, tags=tags)

@@ -115,10 +115,31 @@ def history_rows(reg: Registry) -> list[dict[str, Any]]:
                "val_bits_per_byte": ev.get("val_bits_per_byte")}
         for k, val in sorted((ev.get("averages") or {}).items()):
             row[f"{k}_average"] = val
-        for name, fig in sorted((bias.get("figures") or {}).items()):
+        for name, fig in sorted(headline_figures(bias).items()):
             row[f"bias {name}"] = fig.get("value")
         rows.append(row)
     return rows
+
+
+def gated_figures(reg: Registry) -> set[str]:
+    """The bias figures any version was gated on."""
+    out: set[str] = set()
+    for v in reg.versions():
+        bias = (reg.info(v)["metrics"] or {}).get("bias") or {}
+        out |= {t.get("figure") for t in bias.get("thresholds") or []}
+    return out
+
+
+def headline_figures(bias: dict[str, Any]) -> dict[str, Any]:
+    """The bias figures worth a line in the history: those with a threshold, every check's overall figures
+    (`<check>/<figure>`), each probe axis's and BOLD's per-domain gaps; per-category, per-group and
+    per-template breakdowns stay in the version's metrics."""
+    gated = {t.get("figure") for t in bias.get("thresholds") or []}
+
+    def headline(n: str) -> bool:
+        depth = n.count("/")
+        return n in gated or depth == 1 or (depth == 2 and (n.startswith("probes/") or "_gap/" in n))
+    return {n: f for n, f in (bias.get("figures") or {}).items() if headline(n)}
 
 
 def history_plot(reg: Registry, path: Path) -> Path | None:
@@ -135,7 +156,8 @@ def history_plot(reg: Registry, path: Path) -> Path | None:
     labels = [r["version"] for r in rows]
     panels = [("validation loss (nats/token)", [k for k in ("val_loss",)]),
               ("averages", sorted({k for r in rows for k in r if k.endswith("_average")})),
-              ("bias figures", sorted({k for r in rows for k in r if k.startswith("bias ")}))]
+              ("bias figures with a threshold", sorted({k for r in rows for k in r if k.startswith("bias ")
+                                                        and k.removeprefix("bias ") in gated_figures(reg)}))]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=100)
     for ax, (title, keys) in zip(axes, panels):
         for k in keys:
@@ -156,13 +178,16 @@ def history_plot(reg: Registry, path: Path) -> Path | None:
     return path
 
 
-def history_markdown(reg: Registry, columns: int = 12) -> str:
-    rows = history_rows(reg)
+def history_markdown(reg: Registry, versions: int = 12) -> str:
+    """One line per figure, one column per version (the latest `versions`), so it reads on a terminal."""
+    rows = history_rows(reg)[-versions:]
     if not rows:
         return f"Registry {reg.name}: no versions yet."
-    keys = list(dict.fromkeys(k for r in rows for k in r))[:columns]
-    out = [f"## Metric history of {reg.name}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    out += ["| " + " | ".join(_f(r.get(k)) if r.get(k) is not None else "" for k in keys) + " |" for r in rows]
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "version"]
+    out = [f"## Metric history of {reg.name}", "", "| figure | " + " | ".join(r["version"] for r in rows) + " |",
+           "|---|" + "---|" * len(rows)]
+    for k in keys:
+        out.append(f"| {k} | " + " | ".join(_f(r.get(k)) if r.get(k) is not None else "" for r in rows) + " |")
     return "\n".join(out)
 
 
