@@ -125,6 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--summary", help="also write the run summary JSON (with the maintenance record) here")
     mt.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines")
 
+    dep = sub.add_parser("deploy", help="register the pipeline's Prefect deployments, work pools and automations "
+                                        "with the server in PREFECT_API_URL")
+    dep.add_argument("pipeline", nargs="?", default="demo", help="pipeline name in pipelines.yaml (default: demo)")
+    dep.add_argument("-c", "--config", help="pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)")
+    dep.add_argument("--prefect-yaml", action="store_true",
+                     help="print the deployments as a prefect.yaml instead (infra/prefect.yaml is this for demo)")
+    srv = sub.add_parser("serve", help="serve the pipeline's deployments from this process, with their schedules "
+                                       "and event triggers (no work pools needed)")
+    srv.add_argument("pipeline", nargs="?", default="demo", help="pipeline name in pipelines.yaml (default: demo)")
+    srv.add_argument("-c", "--config", help="pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)")
+
     pr = sub.add_parser("predict", help="label a text with a classifier the evaluate stage fine-tuned")
     pr.add_argument("model_dir", help="a classifier directory: <evaluate output>/classifiers/<task>")
     pr.add_argument("text")
@@ -149,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "validate": cmd_validate, "stages": cmd_stages,
                 "show-config": cmd_show_config, "verify": cmd_verify, "evaluate": cmd_run, "bias": cmd_run, "maintenance": cmd_run,
-                "predict": cmd_predict, "models": cmd_models}[args.command](args)
+                "predict": cmd_predict, "models": cmd_models, "deploy": cmd_deploy,
+                "serve": cmd_serve}[args.command](args)
     except UserError as exc:
         print(f"llmpipe: error: {exc}", file=sys.stderr)
         return 2
@@ -198,6 +210,27 @@ def cmd_show_config(args: argparse.Namespace) -> int:
 
     _, cfg = load_pipeline(args.pipeline, args.config, args.overrides)
     sys.stdout.write(dump_yaml(cfg))
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from flows import deployments
+
+    if args.prefect_yaml:
+        sys.stdout.write(deployments.prefect_yaml(args.pipeline, args.config))
+        return 0
+    check_prefect_server()
+    for made in deployments.deploy(args.pipeline, args.config):
+        print(f"llmpipe: deployed {made}")
+    print("llmpipe: start workers with `prefect worker start --pool <pool>` (see the README: Running on a cluster)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows import deployments
+
+    check_prefect_server()
+    deployments.serve(args.pipeline, args.config)
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, create_model
+from pydantic import Field, ValidationError, create_model, field_validator
 
 from flows.stages import STAGES
 from tasks.core.config import StageConfig
@@ -23,6 +23,31 @@ from tasks.register.maintenance import MaintenanceConfig
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "pipelines.yaml"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class DeployConfig(StageConfig):
+    """The `deploy:` section: how `llmpipe deploy` and `llmpipe serve` set the pipeline up in Prefect."""
+
+    cpu_pool: str = Field("llmpipe-cpu", min_length=1, description="process work pool for data work")
+    gpu_pool: str = Field("llmpipe-gpu", min_length=1, description="work pool of the GPU machines (training)")
+    gpu_slots: int = Field(1, ge=1, description="flow runs at once on the GPU pool (its concurrency limit)")
+    # stages that a pipeline run started from a deployment on another pool sends to the GPU pool, each as a
+    # run of the `llmpipe-stage` deployment; the command line runs every stage in-process
+    gpu_stages: tuple[str, ...] = ("pretrain", "evaluate", "bias")
+    pipeline_cron: str | None = Field(None, description="a schedule for the whole pipeline (default: none)")
+    data_event: str = Field("llmpipe.data.arrived", description="the event that starts the maintenance deployment")
+    # a Prefect notification block (`<block type>/<name>`, e.g. slack-webhook/ops); when set, `llmpipe deploy`
+    # creates an automation sending failed runs and promotions there
+    notify_block: str | None = None
+
+    @field_validator("gpu_stages")
+    @classmethod
+    def _known_stages(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = [s.name for s in STAGES]
+        unknown = [v for v in value if v not in names]
+        if unknown:
+            raise ValueError(f"unknown stages {unknown}; stages: {', '.join(names)}")
+        return value
 
 
 def _build_pipeline_model() -> type[StageConfig]:
@@ -43,6 +68,7 @@ def _build_pipeline_model() -> type[StageConfig]:
         fields[s.name] = (s.config, Field(default_factory=s.config))
     # the maintenance flow's settings (flows/maintenance.py): not a stage, the same stages composed again
     fields["maintenance"] = (MaintenanceConfig, Field(default_factory=MaintenanceConfig))
+    fields["deploy"] = (DeployConfig, Field(default_factory=DeployConfig))
     with warnings.catch_warnings():  # the field `register` shadows ABCMeta.register; harmless on instances
         warnings.simplefilter("ignore", UserWarning)
         return create_model("PipelineConfig", __base__=StageConfig, **fields)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 from typing import Any, Literal, Optional
 
 from prefect import flow
@@ -148,11 +149,11 @@ def build_maintenance_flow(config_file: str | None = None) -> Any:
         """
         return run_maintenance(pipeline, overrides, config_file, summary_path)
 
-    maintenance_flow.__annotations__ = {"pipeline": PipelineName, "overrides": Optional[list[str]],
+    maintenance_flow.__annotations__ = {"pipeline": PipelineName, "overrides": Optional[list[_pipeline.Override]],
                                         "config_file": Optional[str], "summary_path": Optional[str], "return": Any}
     return flow(name="llmpipe-maintenance", flow_run_name=_run_name, log_prints=False, persist_result=False,
                 description="Maintenance retraining: new data since the champion, continued pretraining with "
                             "replay (or a retrain), evaluate, bias, gate, promote or reject.")(maintenance_flow)
 
 
-maintenance_flow = build_maintenance_flow()
+maintenance_flow = build_maintenance_flow(os.environ.get("LLMPIPE_CONFIG") or None)  # see flows/pipeline.py

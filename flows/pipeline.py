@@ -9,15 +9,17 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextvars import copy_context
+from contextvars import ContextVar, copy_context
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 from prefect.states import Completed
+from pydantic import Field
 
 from flows import executors, report
 from flows.config import dump_yaml, load_pipeline, read_config_file
@@ -34,6 +36,8 @@ Progress = Callable[[str, dict[str, Any]], None]
 _PROGRESS: dict[str, Progress] = {}  # the CLI's progress printer (not a flow parameter: not serializable)
 _PREFLIGHTED: set[str] = set()  # configs the command line checked for the flow run it is starting
 BLOCKED = ("failed", "not_implemented", "not_run")
+# a `--set` override as the UI form checks it before a run starts: a dotted key, `=`, a value
+Override = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.\[\]-]*=", description="KEY=VALUE, e.g. pretrain.max_steps=100")]
 
 
 def _run_name() -> str:
@@ -242,7 +246,11 @@ def _run_one(stage: Stage, cfg: Any, ctx: RunContext, results: dict[str, StageRe
             plan = plan_stage(stage, stage_cfg, inputs, ctx)
         raise_if_stopping(f"stage {name}")  # after a SIGINT/SIGTERM (tasks/core/stopping.py) no stage starts
         progress("start", {"stage": name, "cached": plan.complete})
-        result = prefect_task(stage).with_options(refresh_cache=not plan.complete)(plan, stage_cfg, inputs, ctx)
+        remote = None if plan.complete else gpu_deployment(stage, cfg, ctx)
+        if remote is not None:
+            result = run_remote(remote, stage, plan, cfg, ctx, inputs)
+        else:
+            result = prefect_task(stage).with_options(refresh_cache=not plan.complete)(plan, stage_cfg, inputs, ctx)
         if plan.complete:  # the store, not Prefect's cached copy, says whether it was purged since
             result = result_from_manifest(ctx.open_store(), plan.uri, cached=True)
     except BaseException as exc:
@@ -254,7 +262,70 @@ def _run_one(stage: Stage, cfg: Any, ctx: RunContext, results: dict[str, StageRe
              "outputs": result.outputs, "uri": result.uri, "seconds": round(time.perf_counter() - start, 3),
              "counts": report.count_units(result.stats, [counts[r] for r in stage.reads if r in counts])}
     report.stage_artifacts(ctx.pipeline, stage, result)
+    report.stage_events(ctx.pipeline, result)
     return result, entry
+
+
+_IN_STAGE_FLOW: ContextVar[bool] = ContextVar("llmpipe_in_stage_flow", default=False)
+
+
+def gpu_deployment(stage: Stage, cfg: Any, ctx: RunContext) -> str | None:
+    """In a run started from a deployment on a pool other than the GPU pool, the stages listed in
+    `deploy.gpu_stages` run as flow runs of the `llmpipe-stage/<pipeline>` deployment, which sits on the GPU
+    pool; runs from the command line (and the stage flow itself) run every stage in-process."""
+    if _IN_STAGE_FLOW.get() or stage.name not in cfg.deploy.gpu_stages:
+        return None
+    try:
+        flow_run = get_run_context().flow_run
+    except Exception:  # noqa: BLE001 - no flow run: a plain call
+        return None
+    if flow_run is None or flow_run.deployment_id is None or flow_run.work_pool_name in (None, cfg.deploy.gpu_pool):
+        return None
+    return f"llmpipe-stage/{ctx.pipeline}"
+
+
+def run_remote(deployment: str, stage: Stage, plan: Any, cfg: Any, ctx: RunContext,
+               inputs: dict[str, StageResult]) -> StageResult:
+    """Run one stage as a flow run of the GPU pool's stage deployment (a subflow in the UI) and read its
+    result from the store, where that run left it."""
+    from prefect.deployments import run_deployment
+
+    log.info("%s: running on the GPU pool as a run of %s", stage.name, deployment)
+    parameters = {"pipeline": ctx.pipeline, "stage": stage.name, "config": cfg.model_dump(mode="json"),
+                  "inputs": {n: r.model_dump(mode="json") for n, r in inputs.items()}, "parent_run_id": ctx.run_id}
+    run = run_deployment(deployment, parameters=parameters,
+                         timeout=None, poll_interval=2, tags=["llmpipe", f"pipeline:{ctx.pipeline}", f"stage:{stage.name}"])
+    store = ctx.open_store()
+    if not run.state or not run.state.is_completed():
+        message = run.state.message if run.state else "no state"
+        raise RuntimeError(f"{stage.name} ran as flow run {run.name} ({run.id}) of {deployment} and ended "
+                           f"{run.state.name if run.state else 'without a state'}: {message}")
+    if not store.is_complete(plan.uri):
+        raise RuntimeError(f"{stage.name} ran as flow run {run.name} of {deployment}, but {plan.uri} is not "
+                           "finished: the GPU worker computed another store key (different code or data files "
+                           "there?) or another store; give both pools the same checkout and store")
+    return result_from_manifest(store, plan.uri, cached=False)
+
+
+def run_one_stage(pipeline: str, stage: str, config: dict[str, Any], inputs: dict[str, dict[str, Any]],
+                  parent_run_id: str | None = None) -> dict[str, Any]:
+    """The body of the stage flow: one stage, with the very config and input results of the run that sent
+    it (its inputs are finished outputs in the shared store). Returns the stage's result."""
+    from flows.config import PipelineConfig
+
+    _send_logs_to_prefect()
+    cfg = PipelineConfig.model_validate(config)
+    flow_run = get_run_context().flow_run
+    _tag_run(flow_run, pipeline, extra=(f"stage:{stage}",))
+    the_stage = BY_NAME[stage]
+    ctx = RunContext(store=cfg.store, pipeline=pipeline, run_id=parent_run_id or str(flow_run.id), seed=cfg.seed,
+                     runner=cfg.runner, verify=cfg.verify)
+    results = {name: StageResult.model_validate(r) for name, r in inputs.items()}
+    stage_cfg = getattr(cfg, stage)
+    plan = plan_stage(the_stage, stage_cfg, results, ctx)
+    result = prefect_task(the_stage).with_options(refresh_cache=not plan.complete)(plan, stage_cfg, results, ctx)
+    report.stage_artifacts(pipeline, the_stage, result)
+    return result.model_dump(mode="json")
 
 
 def _restored(result: StageResult, cfg: Any, ctx: RunContext, results: dict[str, StageResult]) -> StageResult:
@@ -336,7 +407,7 @@ def build_pipeline_flow(config_file: str | None = None) -> Any:
 
     # real types, not the strings `from __future__ import annotations` makes: Prefect builds the form from them
     pipeline_flow.__annotations__ = {
-        "pipeline": PipelineName, "overrides": Optional[list[str]], "sources": Optional[list[str]],
+        "pipeline": PipelineName, "overrides": Optional[list[Override]], "sources": Optional[list[str]],
         "until": Optional[StageName], "config_file": Optional[str], "summary_path": Optional[str],
         "model": Optional[str], "return": Any}
     pipeline_flow = flow(
@@ -346,4 +417,68 @@ def build_pipeline_flow(config_file: str | None = None) -> Any:
     return pipeline_flow
 
 
-pipeline_flow = build_pipeline_flow()
+def build_stage_flow() -> Any:
+    """`llmpipe-stage`: one stage of a pipeline run, sent by that run to the GPU pool (`deploy.gpu_stages`)."""
+    StageName = Literal[tuple(STAGE_NAMES)]  # type: ignore[valid-type]
+
+    def stage_flow(pipeline: str, stage: StageName, config: dict, inputs: dict, parent_run_id: Optional[str] = None):
+        """Run one stage of a pipeline run with that run's config and input results.
+
+        Args:
+            pipeline: the pipeline's name
+            stage: the stage to run
+            config: the run's resolved config (PipelineConfig as JSON)
+            inputs: the results of the stages it reads, by name (StageResult as JSON)
+            parent_run_id: the pipeline run that sent it
+        """
+        return run_one_stage(pipeline, stage, config, inputs, parent_run_id)
+
+    stage_flow.__annotations__ = {"pipeline": str, "stage": StageName, "config": dict, "inputs": dict,
+                                  "parent_run_id": Optional[str], "return": Any}
+    return flow(name="llmpipe-stage", flow_run_name=lambda: _stage_run_name(), log_prints=False,
+                persist_result=False, description="One stage of a pipeline run, on the pool its work belongs on "
+                                                  "(training on the GPU pool).")(stage_flow)
+
+
+def _stage_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters or {}
+    return f"{params.get('pipeline')}-{params.get('stage')}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}"
+
+
+def build_evaluate_flow(config_file: str | None = None) -> Any:
+    """`llmpipe-evaluate`: the evaluate (or bias) stage alone on a model directory, from the UI or the API."""
+    try:
+        names = tuple(read_config_file(config_file).pipelines) or ("demo",)
+    except UserError:
+        names = ("demo",)
+    PipelineName = Literal[names]  # type: ignore[valid-type]
+    default = "demo" if "demo" in names else names[0]
+
+    def evaluate_flow(model: str, stage="evaluate", pipeline=default, overrides=None, config_file=config_file,
+                      summary_path=None):
+        """Evaluate a model directory (ours, a registry version's hf/, or any Hugging Face causal LM).
+
+        Args:
+            model: the model directory
+            stage: evaluate (GLUE, SuperGLUE, your tasks) or bias (the bias checks)
+            pipeline: whose evaluate/bias settings to use
+            overrides: `KEY=VALUE` settings by dotted path, e.g. `evaluate.tasks=[sst2,rte]`
+            config_file: the pipelines.yaml to read
+            summary_path: also write the run summary JSON here
+        """
+        return run_pipeline(pipeline, overrides, None, stage, config_file, summary_path, model)
+
+    evaluate_flow.__annotations__ = {"model": str, "stage": Literal["evaluate", "bias"], "pipeline": PipelineName,
+                                     "overrides": Optional[list[Override]], "config_file": Optional[str],
+                                     "summary_path": Optional[str], "return": Any}
+    return flow(name="llmpipe-evaluate", flow_run_name=_run_name, log_prints=False, persist_result=False,
+                description="Evaluate or bias-check a model directory with a pipeline's settings.")(evaluate_flow)
+
+
+# the flows as deployments and workers load them: built from $LLMPIPE_CONFIG when set (`llmpipe deploy`
+# sets it for the runs of its deployments), else ./pipelines.yaml or the repo's
+pipeline_flow = build_pipeline_flow(os.environ.get("LLMPIPE_CONFIG") or None)
+evaluate_flow = build_evaluate_flow(os.environ.get("LLMPIPE_CONFIG") or None)
+stage_flow = build_stage_flow()

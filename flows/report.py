@@ -88,3 +88,25 @@ def summary_artifact(summary: dict[str, Any]) -> None:
                                  description=f"{summary['pipeline']}: per-stage status of this run")
     except Exception as exc:  # noqa: BLE001 - an artifact must never fail a finished run
         log.warning("could not create the summary artifact: %s", exc)
+
+
+def stage_events(pipeline: str, result: StageResult) -> None:
+    """Prefect events a finished stage emits for automations to act on: register's promotions and
+    rejections (`llmpipe.model.promoted`, `llmpipe.model.rejected`). Failed runs need none of ours:
+    Prefect emits `prefect.flow-run.Failed` itself."""
+    stats = result.stats
+    if result.stage != "register" or stats.get("decision") not in ("promote", "reject") or result.cached:
+        return
+    try:
+        from prefect.events import emit_event
+
+        kind = "promoted" if stats["decision"] == "promote" else "rejected"
+        emit_event(event=f"llmpipe.model.{kind}",
+                   resource={"prefect.resource.id": f"llmpipe.registry.{stats['registry']}.{stats['version']}",
+                             "prefect.resource.name": f"{stats['registry']} {stats['version']}"},
+                   related=[{"prefect.resource.id": f"llmpipe.pipeline.{pipeline}", "prefect.resource.role": "pipeline"}],
+                   payload={"version": stats["version"], "registry": stats["registry"],
+                            "champion_before": stats.get("champion_before"), "champion": stats.get("champion"),
+                            "rules_failed": stats.get("rules_failed", [])})
+    except Exception as exc:  # noqa: BLE001 - an event must never fail a finished stage
+        log.warning("could not emit the %s event: %s", result.stage, exc)
