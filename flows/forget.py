@@ -87,9 +87,10 @@ def cmd_forget(args: argparse.Namespace) -> int:
     from tasks.core.errors import UserError
     from tasks.core.store import Store
     from tasks.forget import report as forget_report
-    from tasks.forget.remove import lift_source
+    from tasks.forget.remove import check_name, lift_source
 
-    _, cfg = load_pipeline(args.pipeline, args.config, args.overrides)  # config errors before Prefect starts
+    check_name(args.source)  # mistakes are reported before Prefect starts
+    _, cfg = load_pipeline(args.pipeline, args.config, args.overrides)
     if args.lift:
         record = lift_source(Store(cfg.store), args.source)
         print(f"llmpipe: source '{args.source}' is no longer forgotten: the next run collects it again "

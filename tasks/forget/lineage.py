@@ -3,8 +3,8 @@
 An output is `<store>/<stage>/<key>/`, finished (it has `_SUCCESS.json`) or not (a killed run, a withdrawn
 manifest). One output derives from another when its manifest lists the other's digest among its inputs,
 or when one of its small JSON files (its manifest's config, unit markers, run.json, lineage.json) names the
-other's directory: `tokenize.append_to`, `pretrain.init_from`, a tokenize plan listing its input shards,
-a pretrain run's token index. Both are followed transitively.
+other's directory: `tokenize.append_to` and `tokenizer_file`, `pretrain.init_from`, the plan of an unfinished
+tokenize listing its input shards, a pretrain run's token index. Both are followed transitively.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from tasks.core.store import MANIFEST, Store
 
-NOT_OUTPUTS = {"runs", "audit", "_forget"}  # top-level folders of the store that hold no stage outputs
+NOT_OUTPUTS = {"runs", "audit", "registry", "_forget"}  # top-level folders of the store that are not stage outputs
 JSON_LIMIT = 1 << 20  # bigger JSON files are data (tokenizer vocabularies, results), not references
 
 
@@ -61,8 +61,11 @@ class Output:
         return "\n".join(texts)
 
     def names(self, other: Output) -> bool:
-        """Whether its JSON files name `other`'s directory (the whole name, not a prefix of a longer one)."""
-        return re.search(re.escape(other.uri) + r"(?![\w.-])", self.references) is not None
+        """Whether its JSON files name `other`'s directory (the whole name, not a prefix of a longer one), or a
+        file in it other than a collect ledger: a ledger holds hashes, and reading it (`collect.since_ledger`)
+        takes no text from that output."""
+        found = re.finditer(re.escape(other.uri) + r"(?![\w.-])(/[^\s\"']*)?", self.references)
+        return any(not (m.group(1) or "").endswith("ledger.parquet") for m in found)
 
 
 def list_outputs(store: Store) -> list[Output]:

@@ -11,7 +11,8 @@ running it again (tasks/forget/journal.py keeps what the first attempt found):
    so downstream store keys change and the next run recomputes from the cleaned corpus. Unit markers of
    changed files are dropped (a rerun of the stage redoes those units).
 5. the dedup index: the source's documents leave every local generation and every Redis index of the store.
-6. the registry: every model version whose lineage holds a digest of step 1 is marked tainted.
+6. the registry: every model version whose lineage holds a digest of step 1 is marked tainted, and a tainted
+   champion as needing a retrain (tasks/register/registry.py), which the next maintenance run does.
 7. the audit record `<store>/audit/forget-<time>-<id>.json`: what was removed, counts, when; no text.
 Outputs of training and evaluation hold no corpus text: they are kept, and their models are tainted.
 """
@@ -32,6 +33,7 @@ from tasks.forget import files as F
 from tasks.forget.journal import Journal, OutputPlan
 from tasks.forget.lineage import Output, derived_from, list_outputs
 from tasks.forget.tombstone import location, read_tombstone, write_tombstone
+from tasks.register.registry import taint_versions
 
 log = logging.getLogger("llmpipe.forget")
 
@@ -268,17 +270,6 @@ def redis_urls_of(outputs: list[Output]) -> set[str]:
 # --- 6. the registry ----------------------------------------------------------------------------------------
 
 
-def taint(store: Store, digests: set[str], reason: str, audit: str) -> dict[str, list[str]] | None:
-    """Mark the model versions trained on these outputs as tainted (None: this install has no registry)."""
-    try:
-        from tasks.register.registry import taint_versions
-    except ImportError:
-        log.warning("forget: no model registry in this install (tasks/register/registry.py); no version was "
-                    "marked tainted. The digests are in the audit record.")
-        return None
-    return taint_versions(store, digests, reason, audit)
-
-
 # --- 7. the audit record ---------------------------------------------------------------------------------------
 
 
@@ -291,12 +282,16 @@ def write_audit(store: Store, record: dict[str, Any]) -> str:
 # --- the whole -----------------------------------------------------------------------------------------------
 
 
-def forget_source(store: Store, source: str, *, reason: str = "", redis_urls: Iterable[str] = (),
-                  required_redis: Iterable[str] = ()) -> dict[str, Any]:
-    """Forget one source (by the name its documents carry); returns the audit record. See the module doc."""
+def check_name(source: str) -> None:
     if not source or not source.strip():
         raise UserError("forget: give the name of the source to forget (--source NAME: the `name` of a "
                         "collect.sources entry, as the documents' `source` column holds it).")
+
+
+def forget_source(store: Store, source: str, *, reason: str = "", redis_urls: Iterable[str] = (),
+                  required_redis: Iterable[str] = ()) -> dict[str, Any]:
+    """Forget one source (by the name its documents carry); returns the audit record. See the module doc."""
+    check_name(source)
     store.makedirs(store.join("_forget"))
     with StageLock(store, store.join("_forget"), {"run_id": "forget", "pipeline": "forget", "stage": "forget"},
                    on_wait=_waiting):
@@ -309,7 +304,9 @@ def forget_source(store: Store, source: str, *, reason: str = "", redis_urls: It
                 if store.exists(uri)]
         urls = set(redis_urls) | redis_urls_of(outputs)
         index = forget_index(store, journal.trace.ids, urls, set(required_redis))
-        tainted = taint(store, journal.digests, _taint_reason(source, journal.reason), journal.audit)
+        # every registered version whose lineage holds one of these digests; a tainted champion is flagged
+        # as needing a retrain, which the next maintenance run does (from scratch, without the source)
+        tainted = taint_versions(store, journal.digests, _taint_reason(source, journal.reason), journal.audit)
         record = {
             "audit": journal.audit, "source": source, "when": journal.started, "reason": journal.reason,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -320,7 +317,7 @@ def forget_source(store: Store, source: str, *, reason: str = "", redis_urls: It
             "derived": sorted(_short(store, u) for u in journal.derived),
             "documents": len(journal.trace.ids), "index": {**index, "removed": _index_count(index)},
             "tainted_digests": sorted(journal.digests),
-            "tainted_versions": tainted, "registry": "tasks.register.registry" if tainted is not None else None,
+            "tainted_versions": tainted,
         }
         record["audit_record"] = write_audit(store, record)
         journal.remove(store)

@@ -23,8 +23,8 @@ def lines(record: dict[str, Any]) -> list[str]:
                 f"(audit record: {record['audit_record']})"]
     t = totals(record)
     tainted = record["tainted_versions"]
-    versions = ("no model registry in this install" if tainted is None else
-                f"{sum(map(len, tainted.values()))} model versions tainted")
+    named = "; ".join(f"{reg}: {' '.join(vs)}" for reg, vs in sorted(tainted.items()))
+    versions = f"{sum(map(len, tainted.values()))} model versions tainted" + (f" ({named})" if named else "")
     out = [f"removed {t['rows']:,} document rows and {t['quarantine_records']:,} quarantined records of source "
            f"'{source}' from {len(record['outputs'])} outputs ({t['files_deleted']:,} files left empty and deleted; "
            f"{t['ledger_items']:,} ledger items, {t['id_rows']:,} id rows)",
