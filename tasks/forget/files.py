@@ -1,6 +1,6 @@
 """The files of the store that hold something of a source, found by their content, and their filtered rewrite.
 
-Four kinds, recognized by schema or place, whichever stage wrote them (a new document stage is covered
+Five kinds, recognized by schema or place, whichever stage wrote them (a new document stage is covered
 without a change here):
 - `docs`: Parquet with the document columns (id, text, source, meta): rows of the source are removed.
 - `quarantine`: JSON lines under a `quarantine/` folder: records of the source (by name or id) are removed.
@@ -8,6 +8,8 @@ without a change here):
   removed, so that the source, once collected again, is not taken for already collected.
 - `ids`: other Parquet with document ids (dedup's removed pairs, its sketch tables): rows naming a document
   of the source are removed.
+- `json`: a small JSON report (dedup's report.json lists example pairs): entries of lists that name a
+  document of the source by an `id` or `*_id` field are removed.
 Every rewrite is written under a temporary name and published by `Store.commit`: a reader sees the old file
 or the new one. A document or quarantine file left with nothing is deleted instead.
 """
@@ -17,6 +19,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +30,8 @@ from tasks.collect.stage import LEDGER_SCHEMA, ledger_item
 from tasks.core.store import Store
 
 DOC_COLUMNS = {"id", "text", "source", "meta"}
+NOT_REPORTS = {"_SUCCESS.json", "_COMMITTED.json", "_LOCK.json", "tokenizer.json"}  # manifests, locks, vocabularies
+JSON_LIMIT = 1 << 20
 Mask = Callable[[pa.RecordBatch], np.ndarray]  # True for the rows to remove
 
 
@@ -47,6 +52,9 @@ def kind_of(store: Store, uri: str) -> str | None:
     rel = uri.rsplit("/", 1)[-1]
     if rel.endswith(".jsonl"):
         return "quarantine" if "/quarantine/" in uri else None
+    if rel.endswith(".json"):
+        report = rel not in NOT_REPORTS and "/_units/" not in uri and not rel.startswith("_INVALID")
+        return "json" if report and store.fs.size(uri) <= JSON_LIMIT else None
     if not rel.endswith(".parquet"):
         return None
     with store.open(uri, "rb") as f:
@@ -167,9 +175,27 @@ def count_quarantine(store: Store, uri: str, source: str, trace: SourceTrace) ->
 def count(store: Store, uri: str, kind: str, source: str, trace: SourceTrace) -> int:
     if kind == "quarantine":
         return count_quarantine(store, uri, source, trace)
-    if kind in ("ledger", "ids") and not (trace.items if kind == "ledger" else trace.ids):
+    if kind in ("ledger", "ids", "json") and not (trace.items if kind == "ledger" else trace.ids):
         return 0
+    if kind == "json":
+        return without_ids(store.read_json(uri), trace.ids)[1]
     return count_parquet(store, uri, kind, source, trace)
+
+
+def without_ids(value: Any, ids: set[str]) -> tuple[Any, int]:
+    """(the JSON value without the list entries that name one of `ids`, how many were removed)."""
+    if isinstance(value, dict):
+        pruned = {k: without_ids(v, ids) for k, v in value.items()}
+        return {k: v for k, (v, _) in pruned.items()}, sum(n for _, n in pruned.values())
+    if isinstance(value, list):
+        kept = [without_ids(v, ids) for v in value if not _names(v, ids)]
+        return [v for v, _ in kept], len(value) - len(kept) + sum(n for _, n in kept)
+    return value, 0
+
+
+def _names(entry: Any, ids: set[str]) -> bool:
+    return isinstance(entry, dict) and any((k == "id" or k.endswith("_id")) and isinstance(v, str) and v in ids
+                                           for k, v in entry.items())
 
 
 # --- rewriting -----------------------------------------------------------------------------------------------
@@ -184,6 +210,11 @@ def rewrite(store: Store, uri: str, kind: str, source: str, trace: SourceTrace, 
     """Rewrite one file without the source's rows; returns (rows removed, file deleted). Idempotent."""
     if kind == "quarantine":
         return _rewrite_jsonl(store, uri, source, trace, keep_empty)
+    if kind == "json":
+        pruned, removed = without_ids(store.read_json(uri), trace.ids)
+        if removed:
+            store.write_json(uri, pruned)  # atomic; indented with sorted keys, as the stages write reports
+        return removed, False
     return _rewrite_parquet(store, uri, kind, source, trace, keep_empty)
 
 

@@ -168,13 +168,13 @@ def rewrite_output(store: Store, uri: str, plan: OutputPlan, journal: Journal) -
     with StageLock(store, uri, _owner(journal, plan.stage), on_wait=_waiting):
         manifest = store.read_manifest(uri) if store.exists(f"{uri}/{MANIFEST}") else None
         singles = {v for v in ((manifest or {}).get("outputs") or {}).values() if isinstance(v, str)}
-        _drop_markers(store, uri, set(plan.files), source, everything="_work" in plan.scratch)
+        _drop_markers(store, uri, set(plan.files), source, trace.ids, everything="_work" in plan.scratch)
         for rel in plan.scratch:
             store.rm(f"{uri}/{rel}")
         deleted = 0
         for rel, kind in sorted(plan.files.items()):
             if store.exists(f"{uri}/{rel}"):
-                keep_empty = kind in ("ledger", "ids") or rel in singles
+                keep_empty = kind in ("ledger", "ids", "json") or rel in singles
                 deleted += F.rewrite(store, f"{uri}/{rel}", kind, source, trace, keep_empty)[1]
         listed = {e["path"] for e in (manifest or {}).get("files", [])}
         rewritten = manifest is not None and bool(listed & set(plan.files) or plan.counted)
@@ -182,13 +182,15 @@ def rewrite_output(store: Store, uri: str, plan: OutputPlan, journal: Journal) -
             rewrite_manifest(store, uri, set(plan.files), journal, plan)
     return {"stage": plan.stage, "key": plan.key, "finished": plan.finished, "manifest_rewritten": rewritten,
             "rows": plan.count("docs"), "quarantine_records": plan.count("quarantine"),
-            "ledger_items": plan.count("ledger"), "id_rows": plan.count("ids"), "files_deleted": deleted,
+            "ledger_items": plan.count("ledger"), "id_rows": plan.count("ids") + plan.count("json"),
+            "files_deleted": deleted,
             "scratch_deleted": len(plan.scratch)}
 
 
-def _drop_markers(store: Store, uri: str, rels: set[str], source: str, everything: bool) -> int:
+def _drop_markers(store: Store, uri: str, rels: set[str], source: str, ids: set[str], everything: bool) -> int:
     """Unit markers vouch for their files: those of changed files go (a rerun redoes those units), and so do
-    markers naming the source. `everything`: the work files the stage's phases share are gone."""
+    markers naming the source or one of its documents (dedup's decide unit keeps example pairs of ids).
+    `everything`: the work files the stage's phases share are gone."""
     dropped = 0
     for marker in store.ls(f"{uri}/_units"):
         try:
@@ -198,7 +200,7 @@ def _drop_markers(store: Store, uri: str, rels: set[str], source: str, everythin
         outputs = done.get("outputs") if isinstance(done.get("outputs"), dict) else {}
         files = {r for group in outputs.values() if isinstance(group, list) for r in group}
         info = done.get("info") if isinstance(done.get("info"), dict) else {}
-        if everything or files & rels or info.get("source") == source:
+        if everything or files & rels or info.get("source") == source or F.without_ids(info, ids)[1]:
             store.rm(marker)
             dropped += 1
     return dropped
@@ -227,7 +229,7 @@ def rewrite_manifest(store: Store, uri: str, changed: set[str], journal: Journal
         files.append(entry)
     note = {"audit": journal.audit, "when": journal.started, "rows": plan.count("docs"), "counted": plan.counted,
             "quarantine_records": plan.count("quarantine"), "ledger_items": plan.count("ledger"),
-            "id_rows": plan.count("ids"), "digest_before": m["digest"]}
+            "id_rows": plan.count("ids") + plan.count("json"), "digest_before": m["digest"]}
     m.update(outputs=outputs, files=files, digest=manifest_digest(files, outputs),
              stats={**m.get("stats", {}), "forgotten": {**notes, journal.source: note}})
     store.write_json(f"{uri}/{MANIFEST}", m)

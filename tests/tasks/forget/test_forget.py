@@ -69,6 +69,7 @@ def test_forget_leaves_no_trace_and_the_next_run_skips_the_source(tmp_path, capl
     record = forget_source(b.store, "gone", reason="request 42")
 
     assert grep_store(b.root, NEEDLES) == {}
+    assert grep_store(b.root, sorted(ids)) == {}, "not even the ids of its documents are left"
     assert damaged(b.store) == {}, "every rewritten manifest describes its files"
     assert not (b.root / "tokenize").exists() or not list((b.root / "tokenize").iterdir())
     assert not ids & index_ids(b.root)
@@ -78,7 +79,8 @@ def test_forget_leaves_no_trace_and_the_next_run_skips_the_source(tmp_path, capl
     by_stage = {r["stage"]: r for r in record["outputs"]}
     assert by_stage["collect"]["rows"] == GONE_DOCS + 1 and by_stage["collect"]["quarantine_records"] == 1
     assert by_stage["collect"]["ledger_items"] == 2 * (GONE_DOCS + 1)  # the output's ledger and its unit's
-    assert by_stage["dedup"]["rows"] == GONE_DOCS and by_stage["dedup"]["id_rows"] == 1  # the removed copy
+    assert by_stage["dedup"]["rows"] == GONE_DOCS and by_stage["dedup"]["id_rows"] == 2  # the copy dedup removed,
+    #                                                            in removed.parquet and report.json's examples
     assert by_stage["pii"]["rows"] == GONE_DOCS and [d["stage"] for d in record["deleted"]] == ["tokenize"]
     assert first["tokenize"].digest in record["tainted_digests"] and record["index"]["removed"] == GONE_DOCS
     audit = (tmp_path / "store" / "audit").glob("forget-*.json")
