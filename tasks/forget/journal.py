@@ -70,6 +70,7 @@ class Journal:
     held: set[str] = field(default_factory=set)
     derived: set[str] = field(default_factory=set)
     digests: set[str] = field(default_factory=set)  # of held and derived outputs, before the rewrite
+    deletions: set[str] = field(default_factory=set)  # token outputs among them: deleted whole
     trace: SourceTrace = field(default_factory=SourceTrace)
 
     @classmethod
@@ -83,7 +84,8 @@ class Journal:
         data = store.read_json(f"{where}/journal.json")
         journal = cls(source=source, audit=data["audit"], started=data["started"], reason=data["reason"] or reason,
                       resumed=True, plans={uri: OutputPlan(**p) for uri, p in data["plans"].items()},
-                      held=set(data["held"]), derived=set(data["derived"]), digests=set(data["digests"]))
+                      held=set(data["held"]), derived=set(data["derived"]), digests=set(data["digests"]),
+                      deletions=set(data["deletions"]))
         if store.exists(f"{where}/trace.parquet"):
             with store.open(f"{where}/trace.parquet", "rb") as f:
                 table = pq.read_table(f)
@@ -110,7 +112,7 @@ class Journal:
         store.write_json(f"{where}/journal.json", {
             "source": self.source, "audit": self.audit, "started": self.started, "reason": self.reason,
             "plans": {uri: vars(p) for uri, p in sorted(self.plans.items())}, "held": sorted(self.held),
-            "derived": sorted(self.derived), "digests": sorted(self.digests)})
+            "derived": sorted(self.derived), "digests": sorted(self.digests), "deletions": sorted(self.deletions)})
 
     def remove(self, store: Store) -> None:
         store.rm(journal_dir(store, self.source))

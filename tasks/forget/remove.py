@@ -62,7 +62,9 @@ def find(store: Store, source: str, journal: Journal) -> list[Output]:
             journal.add_plan(o.uri, plan)
     journal.held |= {uri for uri, p in journal.plans.items() if p.holds_text}
     journal.derived |= derived_from(outputs, journal.held) - journal.held
-    journal.digests |= {o.digest for o in outputs if o.digest and o.uri in journal.held | journal.derived}
+    tainted = journal.held | journal.derived
+    journal.digests |= {o.digest for o in outputs if o.digest and o.uri in tainted}
+    journal.deletions |= {o.uri for o in outputs if o.uri in tainted and holds_tokens(o)}
     return outputs
 
 
@@ -140,14 +142,16 @@ def write_entry(store: Store, source: str, journal: Journal, outputs: list[Outpu
 # --- 3. token outputs ---------------------------------------------------------------------------------------
 
 
-def delete_token_outputs(store: Store, outputs: list[Output], journal: Journal) -> list[dict[str, str]]:
+def delete_token_outputs(store: Store, journal: Journal) -> list[dict[str, str]]:
+    """Delete them (those an interrupted attempt deleted already are listed too)."""
     deleted = []
-    for o in outputs:
-        if o.uri in journal.held | journal.derived and holds_tokens(o) and store.exists(o.uri):
-            with StageLock(store, o.uri, _owner(journal, o.stage), on_wait=_waiting):
-                store.rm(o.uri)
-            deleted.append({"stage": o.stage, "key": o.key, "why": "token shards made from the source"})
-            log.info("forget: deleted %s (token shards made from source '%s')", o.uri, journal.source)
+    for uri in sorted(journal.deletions):
+        stage, key = uri.rsplit("/", 2)[-2:]
+        if store.exists(uri):
+            with StageLock(store, uri, _owner(journal, stage), on_wait=_waiting):
+                store.rm(uri)
+            log.info("forget: deleted %s (token shards made from source '%s')", uri, journal.source)
+        deleted.append({"stage": stage, "key": key, "why": "token shards made from the source"})
     return deleted
 
 
@@ -290,10 +294,18 @@ def check_name(source: str) -> None:
                         "collect.sources entry, as the documents' `source` column holds it).")
 
 
+def check_store(store: Store) -> None:
+    """A store that is not there is a wrong `store:` setting, not a store with nothing to forget."""
+    if not store.exists(store.root):
+        raise UserError(f"forget: store '{store.root}' does not exist; check the pipeline's `store:` (or pass "
+                        "--set store=PATH, the directory your runs wrote).")
+
+
 def forget_source(store: Store, source: str, *, reason: str = "", redis_urls: Iterable[str] = (),
                   required_redis: Iterable[str] = ()) -> dict[str, Any]:
     """Forget one source (by the name its documents carry); returns the audit record. See the module doc."""
     check_name(source)
+    check_store(store)
     store.makedirs(store.join("_forget"))
     with StageLock(store, store.join("_forget"), {"run_id": "forget", "pipeline": "forget", "stage": "forget"},
                    on_wait=_waiting):
@@ -301,7 +313,7 @@ def forget_source(store: Store, source: str, *, reason: str = "", redis_urls: It
         outputs = find(store, source, journal)
         journal.save(store)
         write_entry(store, source, journal, outputs)
-        deleted = delete_token_outputs(store, outputs, journal)
+        deleted = delete_token_outputs(store, journal)
         rows = [rewrite_output(store, uri, plan, journal) for uri, plan in sorted(journal.plans.items())
                 if store.exists(uri)]
         urls = set(redis_urls) | redis_urls_of(outputs)
@@ -317,7 +329,7 @@ def forget_source(store: Store, source: str, *, reason: str = "", redis_urls: It
             "outputs": rows, "deleted": deleted,
             "held": sorted(_short(store, u) for u in journal.held),
             "derived": sorted(_short(store, u) for u in journal.derived),
-            "documents": len(journal.trace.ids), "index": {**index, "removed": _index_count(index)},
+            "document_ids": len(journal.trace.ids), "index": {**index, "removed": _index_count(index)},
             "tainted_digests": sorted(journal.digests),
             "tainted_versions": tainted,
         }
@@ -345,6 +357,7 @@ def lift_source(store: Store, source: str) -> dict[str, Any]:
     """Take a source off the tombstone so that collect reads it again. Outputs read from no other output
     (collect's) that a forget rewrote are withdrawn: their store keys are those of a config with the source,
     so a run would otherwise reuse them without it; a rerun redoes their units of the source only."""
+    check_store(store)
     tombstone = read_tombstone(store)
     if source not in tombstone:
         listed = ", ".join(sorted(tombstone)) or "none"

@@ -107,7 +107,7 @@ def test_forget_leaves_no_trace_and_the_next_run_skips_the_source(tmp_path, capl
 
 def test_a_crash_midway_is_recovered_by_running_it_again(tmp_path, monkeypatch):
     b = pipeline(tmp_path)
-    b.run("dedup")
+    b.run("tokenize")
     ids = gone_ids(b)
     real, calls = remove.rewrite_manifest, []
 
@@ -130,7 +130,10 @@ def test_a_crash_midway_is_recovered_by_running_it_again(tmp_path, monkeypatch):
     assert record["resumed"] and damaged(b.store) == {} and not ids & index_ids(b.root)
     assert grep_store(b.root, NEEDLES) == {}
     rows = {r["stage"]: r["rows"] for r in record["outputs"]}
-    assert rows == {"collect": GONE_DOCS + 1, "clean": GONE_DOCS + 1, "dedup": GONE_DOCS}, "the first counts stand"
+    assert rows == {"collect": GONE_DOCS + 1, "clean": GONE_DOCS + 1, "dedup": GONE_DOCS, "pii": GONE_DOCS}, \
+        "the first attempt's counts stand"
+    assert record["deleted"] == [{"stage": "tokenize", "key": b.results["tokenize"].key,
+                                  "why": "token shards made from the source"}], "deleted by the first attempt"
     assert not b.store.exists(journal_dir(b.store, "gone"))
 
 

@@ -122,5 +122,5 @@ def test_an_unreachable_redis_of_the_pipeline_stops_the_forget_which_resumes_lat
         forget_source(store, "gone", redis_urls={bad}, required_redis={bad})
     assert store.exists(f"{journal_dir(store, 'gone')}/journal.json")
     record = forget_source(store, "gone")
-    assert record["resumed"] and record["documents"] == 1
+    assert record["resumed"] and record["document_ids"] == 1
     assert not store.exists(journal_dir(store, "gone"))
