@@ -27,6 +27,7 @@ from typing import Any
 from tasks.core.config import stable_hash
 from tasks.core.errors import UserError
 from tasks.core.lock import StageLock
+from tasks.core.stopping import raise_if_stopping
 from tasks.core.store import MANIFEST, Store
 from tasks.dedup.index import forget_local, forget_redis
 from tasks.forget import files as F
@@ -314,8 +315,11 @@ def forget_source(store: Store, source: str, *, reason: str = "", redis_urls: It
         journal.save(store)
         write_entry(store, source, journal, outputs)
         deleted = delete_token_outputs(store, journal)
-        rows = [rewrite_output(store, uri, plan, journal) for uri, plan in sorted(journal.plans.items())
-                if store.exists(uri)]
+        rows = []
+        for uri, plan in sorted(journal.plans.items()):
+            raise_if_stopping(f"forgetting in {uri}")  # Ctrl-C: stop between outputs; a rerun resumes
+            if store.exists(uri):
+                rows.append(rewrite_output(store, uri, plan, journal))
         urls = set(redis_urls) | redis_urls_of(outputs)
         index = forget_index(store, journal.trace.ids, urls, set(required_redis))
         # every registered version whose lineage holds one of these digests; a tainted champion is flagged
@@ -325,7 +329,9 @@ def forget_source(store: Store, source: str, *, reason: str = "", redis_urls: It
             "audit": journal.audit, "source": source, "when": journal.started, "reason": journal.reason,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "resumed": journal.resumed, "store": store.root,
-            "found": bool(rows or deleted or journal.held or journal.derived or _index_count(index)),
+            "found": bool(journal.held or journal.derived or deleted or _index_count(index)
+                          or any(r[n] for r in rows for n in ("rows", "quarantine_records", "ledger_items",
+                                                              "id_rows"))),
             "outputs": rows, "deleted": deleted,
             "held": sorted(_short(store, u) for u in journal.held),
             "derived": sorted(_short(store, u) for u in journal.derived),
