@@ -199,3 +199,24 @@ def test_the_manifest_digest_is_the_stores(tmp_path):
     m = store.write_manifest(str(tmp_path / "out"), stage="s", key="k", config={}, inputs=[],
                              outputs={"a": ["a.bin"]}, stats={}, code_version="c")
     assert manifest_digest(m["files"], m["outputs"]) == m["digest"]
+
+
+def test_outputs_whose_raw_text_was_purged(built):
+    """retain_raw: false deleted collect's, clean's and dedup's documents after pii: collect's per-source counts
+    still say it held the source (its manifest is marked), pii's documents are filtered, a repeat finds nothing."""
+    from flows.pipeline import purge_raw
+    from flows.stages import STAGES
+
+    results = built.run("pii")
+    assert purge_raw(STAGES, results, built.ctx) == ["collect", "clean", "dedup"]
+
+    record = forget_source(built.store, "gone")
+
+    assert grep_store(built.root, NEEDLES) == {} and damaged(built.store) == {}
+    by_stage = {r["stage"]: r for r in record["outputs"]}
+    assert by_stage["pii"]["rows"] == GONE_DOCS and by_stage["collect"]["rows"] == 0
+    collect = built.store.read_manifest(results["collect"].uri)
+    assert collect["purged"] and collect["stats"]["forgotten"]["gone"]["counted"] == GONE_DOCS + 2
+    assert {f"{s}/{results[s].key}" for s in ("collect", "clean", "dedup", "pii")} <= set(record["held"]) | set(
+        record["derived"])
+    assert not forget_source(built.store, "gone")["found"]
