@@ -31,7 +31,7 @@ from tasks.core.store import Store
 
 DOC_COLUMNS = {"id", "text", "source", "meta"}
 NOT_REPORTS = {"_SUCCESS.json", "_COMMITTED.json", "_LOCK.json", "tokenizer.json"}  # manifests, locks, vocabularies
-JSON_LIMIT = 1 << 20
+JSON_LIMIT = 1 << 20  # larger JSON files are results and vocabularies, not reports listing documents
 Mask = Callable[[pa.RecordBatch], np.ndarray]  # True for the rows to remove
 
 
@@ -48,7 +48,7 @@ class SourceTrace:
 
 
 def kind_of(store: Store, uri: str) -> str | None:
-    """`docs`, `quarantine`, `ledger`, `ids`, or None for a file that holds nothing of any source."""
+    """`docs`, `quarantine`, `ledger`, `ids`, `json`, or None for a file that holds nothing of any source."""
     rel = uri.rsplit("/", 1)[-1]
     if rel.endswith(".jsonl"):
         return "quarantine" if "/quarantine/" in uri else None
