@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("pipeline", nargs="?", default="demo")
     show.add_argument("-c", "--config")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    from flows.forget import add_parser as add_forget_parser
+    add_forget_parser(sub)
     return p
 
 
@@ -158,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.core.errors import UserError
 
     try:
+        if getattr(args, "handler", None) is not None:  # subcommands declared elsewhere (flows/forget.py)
+            return args.handler(args)
         return {"run": cmd_run, "validate": cmd_validate, "stages": cmd_stages,
                 "show-config": cmd_show_config, "verify": cmd_verify, "evaluate": cmd_run, "bias": cmd_run, "maintenance": cmd_run,
                 "predict": cmd_predict, "models": cmd_models, "deploy": cmd_deploy,

@@ -20,6 +20,7 @@ from tasks.core.mapstage import UnitWriter
 from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
 from tasks.core.store import MANIFEST, Store
 from tasks.core.units import UnitResult, WorkUnit, execute_unit, merge_results
+from tasks.forget.tombstone import lift_hint, read_tombstone, skipped_sources
 
 log = logging.getLogger("llmpipe.collect")
 
@@ -102,10 +103,14 @@ def source_from_arg(arg: str, index: int) -> SourceConfig:
 
 # --- planning ----------------------------------------------------------------------------------------
 
-def plan_units(cfg: CollectConfig, out_uri: str, ctx: RunContext, ledger_uri: str | None) -> list[WorkUnit]:
-    """Resolve sources to work units: groups of files, one URL, one hub dataset, or the demo corpus."""
+def plan_units(cfg: CollectConfig, out_uri: str, ctx: RunContext, ledger_uri: str | None,
+               skip: frozenset[str] = frozenset()) -> list[WorkUnit]:
+    """Resolve sources to work units: groups of files, one URL, one hub dataset, or the demo corpus.
+    Sources named in `skip` (forgotten ones) get none."""
     units: list[WorkUnit] = []
     for s_idx, src in enumerate(cfg.sources):
+        if src.name in skip:
+            continue
         groups: list[dict[str, Any]]
         if src.kind == "files":
             base, files = sources.expand_files(src.path, src.format, _path_key(s_idx, src))
@@ -139,14 +144,17 @@ def _group_by_size(files: list[Path], unit_bytes: int) -> list[list[Path]]:
     return groups
 
 
-def fingerprint(cfg: CollectConfig) -> list[Any]:
+def fingerprint(cfg: CollectConfig, skip: frozenset[str] = frozenset()) -> list[Any]:
     """What the sources look like now: local files by (path, size, mtime); URLs and datasets by name.
 
     Part of the stage key, so changed input files are collected again while unchanged ones are cached.
+    Sources in `skip` (forgotten ones) are not read, so their files may change or be gone.
     """
     prints: list[Any] = []
     for s_idx, src in enumerate(cfg.sources):
-        if src.kind == "files":
+        if src.name in skip:
+            prints.append(["forgotten"])
+        elif src.kind == "files":
             _, files = sources.expand_files(src.path, src.format, _path_key(s_idx, src))
             prints.append([(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
         elif src.kind == "demo":
@@ -258,7 +266,7 @@ def _collect_one(rec: sources.RawRecord, src: SourceConfig, cfg: CollectConfig, 
             return
         writer.count("utf8_repaired")
     content = _h64(text)
-    item = _h64(f"{src.name}\0{rec.item}")
+    item = ledger_item(src.name, rec.item)
     ledger_rows.append((item, content))
     if (item, content) in seen:
         writer.drop("already_collected")
@@ -288,6 +296,11 @@ def _decode(data: bytes | str) -> tuple[str, int | None]:
 
 def _h64(s: str) -> int:
     return int.from_bytes(hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+
+
+def ledger_item(source: str, item: str) -> int:
+    """The ledger's key of one item of a source (a file, a line, a row): what incremental runs compare."""
+    return _h64(f"{source}\0{item}")
 
 
 def doc_id(source: str, item: str, content: int) -> str:
@@ -379,8 +392,12 @@ def _merge_ledgers(store: Store, out_uri: str, previous: str | None, unit_ledger
 
 def collect_key(cfg: CollectConfig, ctx: RunContext) -> dict[str, Any]:
     """Extra key inputs: what the sources hold now, whose ledger history the output joins (the scope),
-    and (incremental) which ledger they are compared to."""
-    extra: dict[str, Any] = {"sources": stable_hash(fingerprint(cfg), 24), "scope": _scope(ctx)}
+    (incremental) which ledger they are compared to, and which configured sources are skipped because they
+    were forgotten (only when some are: the keys of stores without a forgotten source stay as they were)."""
+    skipped = _skipped(cfg, ctx.open_store())
+    extra: dict[str, Any] = {"sources": stable_hash(fingerprint(cfg, frozenset(skipped)), 24), "scope": _scope(ctx)}
+    if skipped:
+        extra["forgotten"] = sorted(skipped)
     if cfg.incremental:
         ledger = _since(cfg) or latest_ledger(ctx.open_store(), _scope(ctx))
         extra["ledger"] = ledger and ctx.open_store().file_digest(ledger)
@@ -400,13 +417,33 @@ def _scope(ctx: RunContext) -> str:
     return ctx.incremental_scope or ctx.pipeline
 
 
+def _skipped(cfg: CollectConfig, store: Store) -> dict[str, str]:
+    """{configured source: the forgotten source it matches} (tasks/forget/tombstone.py)."""
+    return skipped_sources([s.model_dump() for s in cfg.sources], store)
+
+
+def _warn_skipped(cfg: CollectConfig, store: Store, skipped: dict[str, str]) -> None:
+    tombstone = read_tombstone(store)
+    for name, forgotten in sorted(skipped.items()):
+        entry = tombstone.get(forgotten, {})
+        log.warning("collect: skipping source '%s': source '%s' was forgotten on %s (audit %s) and is listed in "
+                    "%s; %s.", name, forgotten, entry.get("when", "?"), entry.get("audit", "?"),
+                    store.join("forgotten.json"), lift_hint(forgotten))
+    if len(skipped) == len(cfg.sources):
+        raise UserError(f"collect: every configured source is forgotten ({', '.join(sorted(skipped))}; see "
+                        f"{store.join('forgotten.json')}): nothing to collect. Add a source to collect.sources, "
+                        f"or {lift_hint(sorted(skipped.values())[0])}.")
+
+
 def run_collect(inputs: Inputs, out_uri: str, cfg: CollectConfig, ctx: RunContext) -> StageOutput:
     if not cfg.sources:
         raise UserError("collect.sources is empty: add a source to the pipeline or pass --source PATH_OR_URL.")
     store = ctx.open_store()
+    skipped = _skipped(cfg, store)
+    _warn_skipped(cfg, store, skipped)
     history = latest_ledger(store, _scope(ctx))  # full runs extend it too, so later incremental runs keep it
     previous = (_since(cfg) or history) if cfg.incremental else None  # what the units compare against
-    units = plan_units(cfg, out_uri, ctx, previous)
+    units = plan_units(cfg, out_uri, ctx, previous, frozenset(skipped))
     if cfg.max_docs is not None:  # a budget carried across units in order, so the cut is deterministic
         results, left = [], cfg.max_docs
         for unit in units:
@@ -425,6 +462,8 @@ def run_collect(inputs: Inputs, out_uri: str, cfg: CollectConfig, ctx: RunContex
     stats.update(scope=_scope(ctx), units=len(units), units_resumed=sum(r.resumed for r in results),
                  sources=_per_source(results), incremental=cfg.incremental, previous_ledger=previous,
                  new_docs=account.docs_out, ledger_generation=_generation(store, history) + 1)
+    if skipped:
+        stats["forgotten_sources"] = sorted(skipped)
     return StageOutput(outputs=outputs, stats=stats)
 
 

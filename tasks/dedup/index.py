@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
 from datasketch import MinHashLSH
@@ -423,16 +424,7 @@ class RedisIndex:
         if attempt:
             self.lsh = self._new_lsh()
         keys = sorted(self.redis.smembers(self.name(f"gen:{gen}")))
-        for start in range(0, len(keys), chunk):
-            part = keys[start:start + chunk]
-            for key, doc_bands in zip(part, self.lsh.keys.getmany(*part)):
-                for band, table in zip(doc_bands, self.lsh.hashtables):
-                    table.remove_val(band, key, buffer=True)
-            for table in self.lsh.hashtables:
-                table.empty_buffer()
-            self.lsh.keys.remove(*part)
-            for what in ("sig", "id", "shingles"):
-                self.redis.hdel(self.name(what), *part)
+        _remove_keys(self.redis, self.lsh, self.base, keys, chunk)
         exact_keys = list(self.redis.smembers(self.name(f"genexact:{gen}")))
         owners = self.redis.hmget(self.name("exact"), exact_keys) if exact_keys else []
         mine = [e for e, o in zip(exact_keys, owners) if o is not None and o.startswith(gen.encode() + b":")]
@@ -441,6 +433,21 @@ class RedisIndex:
         self.redis.delete(self.name(f"gen:{gen}"), self.name(f"genexact:{gen}"))
         self.redis.hdel(self.name("gens"), gen)
         return len(keys)
+
+
+def _remove_keys(conn: redis.Redis, lsh: MinHashLSH, base: bytes, keys: list[bytes], chunk: int = 10000) -> None:
+    """Delete index keys from the LSH buckets, then their band lists (which locate the bucket entries), then
+    their records, the id last (it is how `forget_redis` finds them): a repeat redoes what is left."""
+    for start in range(0, len(keys), chunk):
+        part = keys[start:start + chunk]
+        for key, doc_bands in zip(part, lsh.keys.getmany(*part)):
+            for band, table in zip(doc_bands, lsh.hashtables):
+                table.remove_val(band, key, buffer=True)
+        for table in lsh.hashtables:
+            table.empty_buffer()
+        lsh.keys.remove(*part)
+        for what in ("sig", "shingles", "id"):
+            conn.hdel(base + b":" + what.encode(), *part)
 
 
 # --- index scope, generations, publication ------------------------------------------------------------------
@@ -458,7 +465,12 @@ def local_index_dir(store: Store, ident: str) -> str:
 
 def redis_base(cfg: DedupConfig, ctx: RunContext) -> bytes:
     """Redis key prefix; it includes the store, so two projects sharing one Redis never see each other."""
-    return f"llmpipe:dedup:{stable_hash(ctx.open_store().root, 8)}:{index_id(cfg, ctx)}".encode()
+    return redis_store_prefix(ctx.open_store()) + index_id(cfg, ctx).encode()
+
+
+def redis_store_prefix(store: Store) -> bytes:
+    """What the Redis keys of every index of one store begin with."""
+    return f"llmpipe:dedup:{stable_hash(store.root, 8)}:".encode()
 
 
 def check_redis(cfg: DedupConfig) -> None:
@@ -589,3 +601,122 @@ def publish_generation(cfg: DedupConfig, ctx: RunContext, out_uri: str, gen: str
             store.commit(f"{out_uri}/{WORK}/generation/{name}", f"{target}/{name}")
     store.write_json(f"{target}/_COMMITTED.json", record)
     return True
+
+
+# --- forgetting documents (tasks/forget) ---------------------------------------------------------------------
+
+
+def forget_local(store: Store, doc_ids: set[str]) -> dict[str, int]:
+    """Remove these documents from every local generation of every index of the store, so that later runs
+    neither match them nor keep their signatures. Returns {generation directory: documents removed}."""
+    removed = {}
+    for ident_dir in store.ls(store.join("dedup", "_index")):
+        for gen_dir in store.ls(f"{ident_dir}/gens"):
+            n = _forget_in_generation(store, gen_dir, doc_ids) if doc_ids else 0
+            if n:
+                removed[gen_dir] = n
+    return removed
+
+
+def _forget_in_generation(store: Store, gen_dir: str, doc_ids: set[str]) -> int:
+    """Zero the documents' shingle hashes in `shingles.u32` (offsets stay valid), then publish `kept.parquet`
+    without their rows. Idempotent, and safe to stop anywhere: until the table is replaced, its rows point
+    at zeros, which match nothing; a rerun finds the rows again and finishes."""
+    table_uri = f"{gen_dir}/kept.parquet"
+    if not store.exists(table_uri):
+        return 0
+    with store.open(table_uri, "rb") as f:
+        table = pq.read_table(f, columns=["id", "sh_start", "sh_count"])
+    drop = pc.is_in(table.column("id"), value_set=pa.array(sorted(doc_ids), pa.string())).to_numpy(
+        zero_copy_only=False)
+    if not drop.any():
+        return 0
+    starts, counts = table.column("sh_start").to_numpy()[drop], table.column("sh_count").to_numpy()[drop]
+    _zero_ranges(store, f"{gen_dir}/shingles.u32", starts, counts)
+    with store.open(table_uri, "rb") as f:
+        full = pq.read_table(f)
+    out = AtomicFile(store, table_uri)
+    try:
+        writer = sketch_writer(out.handle, full.schema)
+        writer.write_table(full.filter(pa.array(~drop)))
+        writer.close()
+    except BaseException:
+        out.abort()
+        raise
+    out.close()
+    record_uri = f"{gen_dir}/_COMMITTED.json"
+    if store.exists(record_uri):
+        store.write_json(record_uri, {**store.read_json(record_uri), "docs": int((~drop).sum())})
+    return int(drop.sum())
+
+
+def _zero_ranges(store: Store, uri: str, starts: np.ndarray, counts: np.ndarray) -> None:
+    if not store.exists(uri) or not counts.sum():
+        return
+    if store.local:
+        data = np.memmap(uri, dtype="<u4", mode="r+")
+        for start, n in zip(starts.tolist(), counts.tolist()):
+            data[start:start + n] = 0
+        data.flush()
+        del data
+        return
+    with store.open(uri, "rb") as f:
+        data = np.frombuffer(f.read(), dtype="<u4").copy()
+    for start, n in zip(starts.tolist(), counts.tolist()):
+        data[start:start + n] = 0
+    out = AtomicFile(store, uri)
+    out.handle.write(data.tobytes())
+    out.close()
+
+
+def forget_redis(redis_url: str, store: Store, doc_ids: set[str]) -> dict[str, int]:
+    """Remove these documents from every Redis index of the store at `redis_url`, whatever generation
+    (committed or pending) holds them. Returns {index key prefix: documents removed}."""
+    conn = redis_client_kwargs(redis_url)
+    client = redis.Redis(**conn)
+    prefix = redis_store_prefix(store)
+    bases = redis_retry("listing of indexes", lambda _: sorted(
+        key[:-len(b":id")] for key in client.scan_iter(match=prefix + b"*:id", count=1000)
+        if client.type(key) == b"hash"))
+    removed = {}
+    for base in bases:
+        n = redis_retry("removal of forgotten documents", lambda _: _forget_in_redis(client, conn, base, doc_ids))
+        if n:
+            removed[base.decode()] = n
+    client.close()
+    return removed
+
+
+def _forget_in_redis(client: redis.Redis, conn: dict[str, Any], base: bytes, doc_ids: set[str]) -> int:
+    """Idempotent: what is found by its id is removed from the exact keys and generation sets first, then
+    from the buckets and records with the id last (`_remove_keys`), so a repeat finds whatever is left."""
+    keys = sorted(k for k, v in client.hscan_iter(base + b":id", count=1000) if v.decode() in doc_ids)
+    if not keys:
+        return 0
+    mine = set(keys)
+    exact = [e for e, k in client.hscan_iter(base + b":exact", count=1000) if k in mine]
+    if exact:
+        client.hdel(base + b":exact", *exact)
+    by_gen: dict[bytes, list[bytes]] = {}
+    for key in keys:
+        by_gen.setdefault(key.split(b":", 1)[0], []).append(key)
+    for gen, gen_keys in sorted(by_gen.items()):
+        members = base + b":gen:" + gen
+        if exact:
+            client.srem(base + b":genexact:" + gen, *exact)
+        client.srem(members, *gen_keys)
+        record = client.hget(base + b":gens", gen)
+        if record is not None and json.loads(record).get("state") == "committed":
+            client.hset(base + b":gens", gen, json.dumps({**json.loads(record), "docs": client.scard(members)}))
+    bands = _bands(conn, base, keys[0]) or 2  # none left: the bucket entries are gone already
+    lsh = MinHashLSH(num_perm=bands, params=(bands, 1), prepickle=False,
+                     storage_config={"type": "redis", "basename": base, "redis": conn})
+    _remove_keys(client, lsh, base, keys)
+    return len(keys)
+
+
+def _bands(conn: dict[str, Any], base: bytes, key: bytes) -> int:
+    """How many bands an index has: the length of a key's band list (no config needed to remove keys)."""
+    from datasketch.storage import ordered_storage
+
+    return len(ordered_storage({"type": "redis", "redis": conn}, name=base + b"_keys").get(key))
