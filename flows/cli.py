@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("text")
     pr.add_argument("--pair", help="the second text, for pair tasks (entailment, paraphrase, ...)")
 
-    from flows.models import add_parser as add_models
+    from flows.models_cli import add_parser as add_models
 
     add_models(sub)
 
@@ -240,7 +240,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from flows.models import cmd_models as run
+    from flows.models_cli import cmd_models as run
 
     return run(args)
 

@@ -60,7 +60,7 @@ def deployments(pipeline: str, cfg: Any, config_file: str) -> list[Spec]:
              cron=cfg.maintenance.schedule, event=d.data_event, concurrency=1, tags=tags + ("maintenance",)),
         Spec("llmpipe-evaluate", "flows/pipeline.py:evaluate_flow", d.gpu_pool, dict(common),
              f"Evaluate or bias-check a model directory with the {pipeline} settings.", tags=tags),
-        Spec("llmpipe-forget", "flows/forget.py:forget_flow", d.cpu_pool, dict(common),
+        Spec("llmpipe-forget", "flows/forget.py:forget", d.cpu_pool, dict(common),
              f"Remove a source from the {pipeline} store, its token shards and dedup index; taint its models.",
              tags=tags + ("forget",)),
         Spec("llmpipe-stage", "flows/pipeline.py:stage_flow", d.gpu_pool, {},

@@ -53,10 +53,18 @@ def forget_flow() -> Any:
     """The `forget` flow (its parameters: those of `run_forget`)."""
     from prefect import flow
 
-    return flow(name="forget", flow_run_name=_run_name, log_prints=False, persist_result=False,
+    return flow(name="llmpipe-forget", flow_run_name=_run_name, log_prints=False, persist_result=False,
                 description="Remove a source's documents from the store, with the token shards and dedup index "
                             "entries made from them; taint the models trained on them; write an audit record "
                             "(counts, no text).")(run_forget)
+
+
+def __getattr__(name: str) -> Any:
+    """`flows/forget.py:forget`, the deployments' entrypoint, is the flow (built, and Prefect imported, on
+    first use: the command line's parser imports this module too)."""
+    if name == "forget":
+        return forget_flow()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_parser(sub: Any) -> None:
