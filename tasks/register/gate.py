@@ -82,7 +82,8 @@ def comparative_rules(cfg: GateConfig, challenger: dict[str, Any], champion: dic
                           f"{_f(a)} vs {_f(b)} {unit} on the same val split (at most {_f(limit)} allowed: "
                           f"margin {cfg.val_loss_margin:+.1%})", "comparative", unit=unit, limit=limit))
     if cfg.tasks:
-        rules += task_rules(cfg, challenger.get("tasks") or {}, champion.get("tasks") or {})
+        rules += task_rules(cfg, (challenger.get("evaluate") or {}).get("tasks") or {},
+                            (champion.get("evaluate") or {}).get("tasks") or {})
     return rules
 
 

@@ -170,7 +170,7 @@ defaults:
   bias: {{checks: [probes], bootstrap_samples: 50, thresholds: []}}
   register: {{gate: {{below_unigram: false}}}}
   maintenance: {{max_steps: 4, replay_ratio: 0.5, min_new_docs: 1, schedule: "0 3 * * 0"}}
-  deploy: {{notify_block: custom-webhook/llmpipe-test-hook}}
+  deploy: {{notify_block: custom-webhook/llmpipe-test-hook, gpu_slots: 2}}
 pipelines:
   mt:
     collect:
@@ -186,7 +186,7 @@ pipelines:
             ("llmpipe", "llmpipe-maintenance", "llmpipe-evaluate", "llmpipe-forget", "llmpipe-stage")}
     assert deps["llmpipe"].work_pool_name == "llmpipe-cpu" and deps["llmpipe-maintenance"].work_pool_name == "llmpipe-gpu"
     assert deps["llmpipe-stage"].work_pool_name == "llmpipe-gpu" and deps["llmpipe-forget"].work_pool_name == "llmpipe-cpu"
-    assert client.read_work_pool("llmpipe-gpu").concurrency_limit == 1
+    assert client.read_work_pool("llmpipe-gpu").concurrency_limit == 2  # deploy.gpu_slots
     maint = deps["llmpipe-maintenance"]
     assert [s.schedule.cron for s in maint.schedules] == ["0 3 * * 0"]
     assert maint.concurrency_limit == 1 or getattr(maint, "global_concurrency_limit", None) is not None

@@ -7,7 +7,7 @@ from tasks.register.gate import GateConfig, decide
 def metrics(loss=4.0, unigram=6.0, failed=(), missing=(), tasks=None):
     return {"val_loss": loss, "val_unigram_baseline_nats": unigram,
             "bias": {"verdict": {"passed": not failed, "failed": list(failed), "not_measured": list(missing)}},
-            "tasks": tasks or {}}
+            "evaluate": {"tasks": tasks or {}}}
 
 
 def task(value, ci, n=100, protocol="finetune"):
