@@ -273,13 +273,14 @@ def gpu_deployment(stage: Stage, cfg: Any, ctx: RunContext) -> str | None:
     """In a run started from a deployment on a pool other than the GPU pool, the stages listed in
     `deploy.gpu_stages` run as flow runs of the `llmpipe-stage/<pipeline>` deployment, which sits on the GPU
     pool; runs from the command line (and the stage flow itself) run every stage in-process."""
-    if _IN_STAGE_FLOW.get() or stage.name not in cfg.deploy.gpu_stages:
+    deploy = getattr(cfg, "deploy", None)
+    if _IN_STAGE_FLOW.get() or deploy is None or stage.name not in deploy.gpu_stages:
         return None
     try:
         flow_run = get_run_context().flow_run
     except Exception:  # noqa: BLE001 - no flow run: a plain call
         return None
-    if flow_run is None or flow_run.deployment_id is None or flow_run.work_pool_name in (None, cfg.deploy.gpu_pool):
+    if flow_run is None or flow_run.deployment_id is None or flow_run.work_pool_name in (None, deploy.gpu_pool):
         return None
     return f"llmpipe-stage/{ctx.pipeline}"
 

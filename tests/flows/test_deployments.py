@@ -170,7 +170,7 @@ defaults:
   bias: {{checks: [probes], bootstrap_samples: 50, thresholds: []}}
   register: {{gate: {{below_unigram: false}}}}
   maintenance: {{max_steps: 4, replay_ratio: 0.5, min_new_docs: 1, schedule: "0 3 * * 0"}}
-  deploy: {{notify_block: custom-webhook/llmpipe-test-hook, gpu_slots: 2}}
+  deploy: {{notify_block: custom-webhook/llmpipe-test-hook, gpu_slots: 2, gpu_stages: [pretrain]}}
 pipelines:
   mt:
     collect:
@@ -180,6 +180,13 @@ pipelines:
                          text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "deployed llmpipe-maintenance/mt" in out.stdout and "automation llmpipe-mt-notify" in out.stdout
+    # the committed prefect.yaml registers with Prefect's own command too
+    out = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file",
+                          str(REPO / "infra" / "prefect.yaml")], env={**env, "LLMPIPE_HOME": str(REPO)},
+                         cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    demo = client.read_deployment_by_name("llmpipe-maintenance/demo")
+    assert [s.schedule.cron for s in demo.schedules] == ["0 3 * * 0"] and demo.work_pool_name == "llmpipe-gpu"
 
     # the deployments, their pools, schedule, concurrency limit, and the UI form's schema
     deps = {d: client.read_deployment_by_name(f"{d}/mt") for d in
@@ -219,7 +226,7 @@ pipelines:
     assert run.state.is_completed(), _logs(pg_server)
     assert run.work_pool_name == "llmpipe-cpu"
     stage_runs = [r for r in _runs_of(client, deps["llmpipe-stage"].id)]
-    assert sorted(r.parameters["stage"] for r in stage_runs) == ["bias", "evaluate", "pretrain"]
+    assert [r.parameters["stage"] for r in stage_runs] == ["pretrain"]  # deploy.gpu_stages
     assert all(r.work_pool_name == "llmpipe-gpu" and r.state.is_completed() for r in stage_runs)
     reg = Registry(store, "mt")
     assert reg.alias() == "v1"
@@ -264,3 +271,23 @@ pipelines:
 def _logs(pg_server) -> str:
     home = pg_server["home"]
     return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(home.glob("*.log")))
+
+
+def test_infra_prefect_yaml_is_the_demo_deployments():
+    """infra/prefect.yaml is what `llmpipe deploy demo --prefect-yaml` prints: regenerate it after a change."""
+    import yaml
+
+    from flows.deployments import prefect_yaml
+
+    committed = (REPO / "infra" / "prefect.yaml").read_text()
+    assert committed == prefect_yaml("demo", str(REPO / "pipelines.yaml")), \
+        "run `llmpipe deploy demo --prefect-yaml > infra/prefect.yaml`"
+    doc = yaml.safe_load(committed)
+    by_entry = {d["entrypoint"]: d for d in doc["deployments"]}
+    maint = by_entry["flows/maintenance.py:maintenance_flow"]
+    assert maint["schedules"] == [{"cron": "0 3 * * 0"}] and maint["work_pool"]["name"] == "llmpipe-gpu"
+    assert maint["triggers"][0]["expect"] == ["llmpipe.data.arrived"]
+    assert maint["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    for d in doc["deployments"]:
+        path, attr = d["entrypoint"].split(":")
+        assert (REPO / path).exists() and attr in (REPO / path).read_text()

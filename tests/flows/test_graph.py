@@ -86,7 +86,7 @@ def test_registry_declarations_read_earlier_stages():
         assert all(names.index(r) < names.index(s.name) for r in s.reads), s.name
     built = [s for s in STAGES if s.built]
     assert [s.name for s in built] == ["collect", "clean", "dedup", "pii", "tokenize", "pretrain", "evaluate",
-                                             "bias"]
+                                             "bias", "register"]
     assert all(s.package == f"tasks.{'tokenizer' if s.name == 'tokenize' else s.name}" for s in built)
 
 

@@ -100,3 +100,63 @@ def test_maintenance_trains_only_on_new_data_and_gates_by_the_rules(setup, tmp_p
     m = fourth["maintenance"]
     assert code == 0 and m["new"]["collected"] == 17 and m["outcome"] == "promote" and reg.alias() == "v4"
     assert [r["outcome"] for r in records(reg)] == ["nothing_new", "promote", "reject", "failed", "promote"]
+
+
+SECRET = ["The lighthouse keeper Ambrose Quillfeather counted nine herons at dawn.",
+          "Marigold tea was served to Ambrose Quillfeather every Tuesday in the tower."]
+
+
+def test_after_forget_the_next_maintenance_retrains_without_the_source(tmp_path, prefect_server):
+    docs, secret, store = tmp_path / "docs", tmp_path / "secret", tmp_path / "store"
+    docs.mkdir()
+    secret.mkdir()
+    write_batch(docs, "a", 0, 30)
+    (secret / "s.jsonl").write_text("".join(  # real prose around the secret sentences, so clean keeps them
+        json.dumps({"id": f"s{i}", "text": f"{SECRET[0]}\n\n{topics[t]}\n\n{SECRET[1]}"}) + "\n"
+        for i, t in enumerate(TOPICS[-6:])))
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(f"""
+defaults:
+  store: {store}
+  seed: 1
+  runner: {{workers: 1}}
+  pii: {{nlp_model: null}}
+  tokenize: {{vocab_size: 384, val_fraction: 0.2}}
+  pretrain: {{n_layer: 2, n_embd: 32, n_head: 2, block_size: 32, micro_batch: 8, max_steps: 10,
+              eval_every: 10, checkpoint_every: 10, warmup_steps: 2}}
+  evaluate: {{tasks: [], random_init_baseline: false}}
+  bias: {{checks: [probes], bootstrap_samples: 50, thresholds: []}}
+  register: {{gate: {{below_unigram: false, val_loss_margin: -0.9}}}}
+pipelines:
+  mt:
+    collect:
+      sources: [{{name: docs, path: "{docs}/*.jsonl", text_field: text}},
+                {{name: secret, path: "{secret}/*.jsonl", text_field: text}}]
+""")
+    code, first = run(config, tmp_path, "run")
+    reg = Registry(store, "mt")
+    assert code == 0 and reg.alias() == "v1" and reg.info("v1")["lineage"]["sources"]["secret"]["docs_out"] == 6
+    pii = first["stages"]["pii"]
+    assert any("Quillfeather" in t for t in _texts(Path(pii["uri"]))), "the secret reached the trained data"
+    old_digests = {d["digest"] for d in reg.info("v1")["lineage"]["data"].values()}
+    assert main(["forget", "mt", "-c", str(config), "--source", "secret", "--reason", "erasure request"]) == 0
+    assert reg.state()["versions"]["v1"]["status"] == "tainted" and reg.needs_retrain()["champion"] == "v1"
+
+    # nothing new was added, and the gate demands a 90% lower loss: the tainted champion is retrained anyway
+    # and replaced by a model that passes the absolute rules
+    code, second = run(config, tmp_path, "maintenance")
+    m = second["maintenance"]
+    assert code == 0 and m["mode"] == "retrain" and "erasure request" in m["retrain_because"]
+    assert m["outcome"] == "promote" and reg.alias() == "v2" and reg.needs_retrain() is None
+    lineage = reg.info("v2")["lineage"]
+    assert "secret" not in lineage["sources"] or not lineage["sources"]["secret"].get("docs_out")
+    assert lineage["parent"] is None and not old_digests & {d["digest"] for d in lineage["data"].values()}
+    text = "\n".join(p.read_text(errors="replace") for p in reg.version_dir("v2").rglob("*")
+                     if p.is_file() and p.suffix in (".json", ".md"))
+    assert "Quillfeather" not in text
+
+
+def _texts(stage_dir: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [t for f in sorted(stage_dir.glob("docs/*.parquet")) for t in pq.read_table(f).column("text").to_pylist()]

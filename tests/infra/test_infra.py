@@ -304,13 +304,10 @@ def test_compose_publishes_only_the_ui(compose):
 
 
 def test_pool_names_match_the_deployments():
-    """The pools the workers serve are the ones `llmpipe deploy` registers deployments in."""
-    deployments = REPO / "flows" / "deployments.py"
-    if not deployments.exists():
-        pytest.skip("flows/deployments.py is not in this tree: nothing to compare the pool names with")
-    text = deployments.read_text()
-    for pool in POOLS.values():
-        assert f'"{pool}"' in text or f"'{pool}'" in text, f"flows/deployments.py does not name the pool {pool}"
+    """The pools the workers serve are the ones `llmpipe deploy` registers deployments in (`deploy:` defaults)."""
+    from flows.config import DeployConfig
+
+    assert {DeployConfig().cpu_pool, DeployConfig().gpu_pool} == set(POOLS.values())
 
 
 def compose_command() -> tuple[list[str], str]:
