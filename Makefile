@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/llmpipe run demo --summary runs/demo-summary.json $(DEMO_ARGS)
 
+# two workers: most tests wait on subprocesses and servers, and CI has 2 cores
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 clean-store:
 	rm -rf store runs

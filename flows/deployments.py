@@ -184,13 +184,37 @@ def serve(pipeline: str, config_file: str | None) -> None:
 
     name, cfg, path = resolve(pipeline, config_file)
     os.environ["LLMPIPE_CONFIG"] = path  # the served runs load the flows built from this config
+    specs = deployments(name, cfg, path)
+    _replace_deployed([f"{spec.flow_name}/{name}" for spec in specs])
     runners = []
-    for spec in deployments(name, cfg, path):
+    for spec in specs:
         flow = load_flow_from_entrypoint(str(REPO / spec.entrypoint))
-        runners.append(flow.to_deployment(name=name, parameters=spec.parameters, cron=spec.cron,
-                                          triggers=_triggers(spec, name), concurrency_limit=_concurrency(spec),
-                                          description=spec.description, tags=list(spec.tags)))
+        runner = flow.to_deployment(name=name, parameters=spec.parameters, cron=spec.cron,
+                                    triggers=_triggers(spec, name), concurrency_limit=_concurrency(spec),
+                                    description=spec.description, tags=list(spec.tags))
+        # the flows are built by functions (typed from the config), so the entrypoint Prefect derives from the
+        # function's name would not import: the module attribute, by absolute path, does
+        path, attr = spec.entrypoint.split(":")
+        runner.entrypoint = f"{REPO / path}:{attr}"
+        runners.append(runner)
     prefect_serve(*runners)
+
+
+def _replace_deployed(names: list[str]) -> None:
+    """Deployments of these names registered by `llmpipe deploy` (work pool, code storage) are deleted first:
+    served ones of the same name would keep their storage settings, and their runs would not load."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for full in names:
+            try:
+                old = client.read_deployment_by_name(full)
+            except ObjectNotFound:
+                continue
+            if old.work_pool_name or old.pull_steps:
+                log.warning("replacing the deployment %s (work pool %s) with the served one", full, old.work_pool_name)
+                client.delete_deployment(old.id)
 
 
 def prefect_yaml(pipeline: str, config_file: str | None) -> str:

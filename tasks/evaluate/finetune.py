@@ -32,16 +32,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.core.config import stable_hash
 from tasks.core.errors import UserError
 from tasks.core.hashing import sha256_of
+from tasks.evaluate.finetune_config import FinetuneConfig  # noqa: F401 - kept importable from here
 from tasks.evaluate.prompts import ExampleLike
 from tasks.evaluate.score import quiet_transformers
 from tasks.pretrain.checkpoint import write_json_atomic
@@ -61,26 +61,6 @@ KINDS = ("classification", "regression", "multiple_choice")
 TASK_KEY = "llmpipe_task"  # the classifier config.json entry that records the task and input format
 FORMAT = "[prefix] text <eos> [pair <eos>]"
 RECORD = "finetune.json"  # in the classifier dir: the run's spec and figures (a rerun with the same reuses it)
-
-
-class FinetuneConfig(BaseModel):
-    """How a task head is fine-tuned; the same settings for the pretrained and the random-init model."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    lr: float = Field(1e-4, gt=0.0, lt=1.0)  # peak learning rate (see the module docstring)
-    epochs: int = Field(3, ge=1, le=100)  # passes over the training examples
-    batch_size: int = Field(16, ge=1)  # examples per optimizer step (multiple choice: each with its choices)
-    max_length: int = Field(256, ge=8)  # tokens per sequence (capped at the model's positions); cuts text
-    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)  # share of the steps warming up linearly
-    weight_decay: float = Field(0.01, ge=0.0)  # AdamW's, on matrices and embeddings
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile the training forward (CUDA; shapes vary per batch)
-    seed: int = Field(0, ge=0)  # head init, random init, shuffling
-    grad_clip: float = Field(1.0, ge=0.0)  # 0 = no clipping
-    eval_batch_size: int = Field(64, ge=1)  # sequences per prediction batch
-    group_by_length: bool = True  # training batches of similar lengths (less padding), in random order
-    checkpoint_every: int = Field(500, ge=0)  # steps between checkpoints (0 = only at the end)
 
 
 @dataclass

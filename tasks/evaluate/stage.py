@@ -35,7 +35,7 @@ from tasks.core.result import StageResult
 from tasks.core.stage import Inputs, RunContext, Stage, StageOutput
 from tasks.core.stopping import raise_if_stopping
 from tasks.evaluate import data as taskdata
-from tasks.evaluate.finetune import FinetuneConfig
+from tasks.evaluate.finetune_config import FinetuneConfig
 from tasks.evaluate.prompts import PromptSpec
 from tasks.evaluate.results import averages, majority, score_task
 

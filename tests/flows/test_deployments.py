@@ -267,6 +267,33 @@ pipelines:
     waited = [s.name for r in done for s in client.read_flow_run_states(r.id)]
     assert "AwaitingConcurrencySlot" in waited
 
+    # `llmpipe serve`: the same deployments served from one process; with the workers stopped, a run of one of
+    # them can only execute there
+    for worker in pg_server["procs"]:
+        worker.terminate()
+        worker.wait(30)
+    started = dt.datetime.now(dt.timezone.utc)
+    served = subprocess.Popen([str(BIN / "llmpipe"), "serve", "mt", "-c", str(config)], env=env,
+                              stdout=open(pg_server["home"] / "serve.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    pg_server["procs"].append(served)
+    from prefect.exceptions import ObjectNotFound
+
+    deadline, evaluate = time.time() + 90, None
+    while time.time() < deadline and (evaluate is None or evaluate.work_pool_name):
+        try:  # replaced: deleted, then created again by the served process
+            evaluate = client.read_deployment_by_name("llmpipe-evaluate/mt")
+        except ObjectNotFound:
+            evaluate = None
+        time.sleep(1)
+    assert evaluate is not None and evaluate.work_pool_name is None and evaluate.created > started, \
+        "llmpipe serve did not register its deployments"
+    assert [s.schedule.cron for s in client.read_deployment_by_name("llmpipe-maintenance/mt").schedules] == ["0 3 * * 0"]
+    run = client.create_flow_run_from_deployment(evaluate.id, parameters={
+        "model": str(reg.version_dir("v2") / "hf"), "stage": "bias", "pipeline": "mt"})
+    run = _wait_run(client, run.id, timeout=120)
+    assert run.state.is_completed(), _logs(pg_server)  # the workers are gone: the served process ran it
+
 
 def _logs(pg_server) -> str:
     home = pg_server["home"]
