@@ -16,14 +16,13 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 from prefect import flow
 from prefect.context import get_run_context
 
 from flows import pipeline as _pipeline
-from flows.config import load_pipeline, read_config_file
-from tasks.core.errors import UserError
+from flows.config import load_pipeline
 from tasks.register.maintenance import (
     champion_basis,
     continue_config,
@@ -131,12 +130,7 @@ def _run_name() -> str:
 
 def build_maintenance_flow(config_file: str | None = None) -> Any:
     """The `llmpipe-maintenance` flow, its pipeline parameter typed from the config file (a UI choice)."""
-    try:
-        names = tuple(read_config_file(config_file).pipelines) or ("demo",)
-    except UserError:
-        names = ("demo",)
-    PipelineName = Literal[names]  # type: ignore[valid-type]
-    default = "demo" if "demo" in names else names[0]
+    PipelineName, default = _pipeline.pipeline_choices(config_file)
 
     def maintenance_flow(pipeline=default, overrides=None, config_file=config_file, summary_path=None):
         """Fold the data that is new since the champion was trained into a challenger; gate; promote or reject.

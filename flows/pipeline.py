@@ -378,16 +378,20 @@ def _write_summary(store: Store, run_dir: str, summary: dict, summary_path: str 
         path.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 
-def build_pipeline_flow(config_file: str | None = None) -> Any:
-    """The `llmpipe` flow with parameters typed from a config file: the UI form offers its pipelines and
-    the stages as choices, and Prefect validates them before a run starts."""
+def pipeline_choices(config_file: str | None) -> tuple[Any, str]:
+    """(the type whose values are the config file's pipelines, the default one): a choice in the UI form."""
     try:
         names = tuple(read_config_file(config_file).pipelines) or ("demo",)
     except UserError:
         names = ("demo",)
-    PipelineName = Literal[names]  # type: ignore[valid-type]
+    return Literal[names], ("demo" if "demo" in names else names[0])  # type: ignore[valid-type]
+
+
+def build_pipeline_flow(config_file: str | None = None) -> Any:
+    """The `llmpipe` flow with parameters typed from a config file: the UI form offers its pipelines and
+    the stages as choices, and Prefect validates them before a run starts."""
+    PipelineName, default = pipeline_choices(config_file)
     StageName = Literal[tuple(STAGE_NAMES)]  # type: ignore[valid-type]
-    default = "demo" if "demo" in names else names[0]
 
     def pipeline_flow(pipeline=default, overrides=None, sources=None, until=None, config_file=config_file,
                       summary_path=None, model=None):
@@ -450,12 +454,7 @@ def _stage_run_name() -> str:
 
 def build_evaluate_flow(config_file: str | None = None) -> Any:
     """`llmpipe-evaluate`: the evaluate (or bias) stage alone on a model directory, from the UI or the API."""
-    try:
-        names = tuple(read_config_file(config_file).pipelines) or ("demo",)
-    except UserError:
-        names = ("demo",)
-    PipelineName = Literal[names]  # type: ignore[valid-type]
-    default = "demo" if "demo" in names else names[0]
+    PipelineName, default = pipeline_choices(config_file)
 
     def evaluate_flow(model: str, stage="evaluate", pipeline=default, overrides=None, config_file=config_file,
                       summary_path=None):

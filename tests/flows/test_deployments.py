@@ -10,7 +10,6 @@ import datetime as dt
 import http.server
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,14 +20,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from pydoc_data.topics import topics
 
 from tasks.register.maintenance import records
 from tasks.register.registry import Registry
+from tests.flows.tiny import tiny_config, write_batch
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-TOPICS = sorted(topics)
 PG = ("127.0.0.1", 5432)
 
 
@@ -94,16 +92,12 @@ def pg_server(tmp_path_factory):
             p.terminate()
         for p in procs + [server]:
             try:
-                p.wait(30)
+                p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait(10)
         log.close()
         _psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-
-
-def write_batch(src: Path, name: str, start: int, count: int) -> None:
-    rows = [{"id": f"{name}-{t}", "text": topics[t]} for t in TOPICS[start:start + count]]
-    (src / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 class Hook(http.server.BaseHTTPRequestHandler):
@@ -156,26 +150,10 @@ def test_deployments_on_a_postgres_backed_server(pg_server, client, tmp_path):
     CustomWebhookNotificationBlock(name="hook", url=f"http://127.0.0.1:{hook.server_port}/hook", method="POST",
                                    json_data={"text": "{{subject}}: {{body}}"}, allow_private_urls=True
                                    ).save("llmpipe-test-hook", overwrite=True)
-    config = tmp_path / "pipelines.yaml"
-    config.write_text(f"""
-defaults:
-  store: {store}
-  seed: 1
-  runner: {{workers: 1}}
-  pii: {{nlp_model: null}}
-  tokenize: {{vocab_size: 384, val_fraction: 0.2}}
-  pretrain: {{n_layer: 2, n_embd: 32, n_head: 2, block_size: 32, micro_batch: 8, max_steps: 20,
-              eval_every: 10, checkpoint_every: 10, warmup_steps: 2}}
-  evaluate: {{tasks: [], random_init_baseline: false}}
-  bias: {{checks: [probes], bootstrap_samples: 50, thresholds: []}}
-  register: {{gate: {{below_unigram: false}}}}
-  maintenance: {{max_steps: 4, replay_ratio: 0.5, min_new_docs: 1, schedule: "0 3 * * 0"}}
-  deploy: {{notify_block: custom-webhook/llmpipe-test-hook, gpu_slots: 2, gpu_stages: [pretrain]}}
-pipelines:
-  mt:
-    collect:
-      sources: [{{name: docs, path: "{src}/*.jsonl", text_field: text}}]
-""")
+    config = tiny_config(tmp_path / "pipelines.yaml", store, {"docs": src},
+                         maintenance='{max_steps: 4, replay_ratio: 0.5, min_new_docs: 1, schedule: "0 3 * * 0"}',
+                         deploy="{notify_block: custom-webhook/llmpipe-test-hook, gpu_slots: 2, gpu_stages: [pretrain]}")
+
     out = subprocess.run([str(BIN / "llmpipe"), "deploy", "mt", "-c", str(config)], env=env, capture_output=True,
                          text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import pytest
-from pydoc_data.topics import topics
 
 from flows.cli import main
 from tasks.register.maintenance import records
 from tasks.register.registry import Registry
-
-TOPICS = sorted(topics)
-
-
-def write_batch(src: Path, name: str, start: int, count: int) -> None:
-    rows = [{"id": f"{name}-{t}", "text": topics[t]} for t in TOPICS[start:start + count]]
-    (src / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+from tests.flows.tiny import TOPICS, tiny_config, write_batch
 
 
 @pytest.fixture
@@ -26,25 +20,8 @@ def setup(tmp_path, prefect_server):
     src, store = tmp_path / "src", tmp_path / "store"
     src.mkdir()
     write_batch(src, "a", 0, 40)
-    config = tmp_path / "pipelines.yaml"
-    config.write_text(f"""
-defaults:
-  store: {store}
-  seed: 1
-  runner: {{workers: 1}}
-  pii: {{nlp_model: null}}
-  tokenize: {{vocab_size: 384, val_fraction: 0.2}}
-  pretrain: {{n_layer: 2, n_embd: 32, n_head: 2, block_size: 32, micro_batch: 8, max_steps: 20,
-              eval_every: 10, checkpoint_every: 10, warmup_steps: 2}}
-  evaluate: {{tasks: [], random_init_baseline: false}}
-  bias: {{checks: [probes], bootstrap_samples: 50, thresholds: []}}
-  register: {{gate: {{below_unigram: false}}}}
-  maintenance: {{max_steps: 6, replay_ratio: 0.5, min_new_docs: 1}}
-pipelines:
-  mt:
-    collect:
-      sources: [{{name: docs, path: "{src}/*.jsonl", text_field: text}}]
-""")
+    config = tiny_config(tmp_path / "pipelines.yaml", store, {"docs": src},
+                         maintenance="{max_steps: 6, replay_ratio: 0.5, min_new_docs: 1}")
     return src, store, config
 
 
@@ -114,25 +91,9 @@ def test_after_forget_the_next_maintenance_retrains_without_the_source(tmp_path,
     (secret / "s.jsonl").write_text("".join(  # real prose around the secret sentences, so clean keeps them
         json.dumps({"id": f"s{i}", "text": f"{SECRET[0]}\n\n{topics[t]}\n\n{SECRET[1]}"}) + "\n"
         for i, t in enumerate(TOPICS[-6:])))
-    config = tmp_path / "pipelines.yaml"
-    config.write_text(f"""
-defaults:
-  store: {store}
-  seed: 1
-  runner: {{workers: 1}}
-  pii: {{nlp_model: null}}
-  tokenize: {{vocab_size: 384, val_fraction: 0.2}}
-  pretrain: {{n_layer: 2, n_embd: 32, n_head: 2, block_size: 32, micro_batch: 8, max_steps: 10,
-              eval_every: 10, checkpoint_every: 10, warmup_steps: 2}}
-  evaluate: {{tasks: [], random_init_baseline: false}}
-  bias: {{checks: [probes], bootstrap_samples: 50, thresholds: []}}
-  register: {{gate: {{below_unigram: false, val_loss_margin: -0.9}}}}
-pipelines:
-  mt:
-    collect:
-      sources: [{{name: docs, path: "{docs}/*.jsonl", text_field: text}},
-                {{name: secret, path: "{secret}/*.jsonl", text_field: text}}]
-""")
+    config = tiny_config(tmp_path / "pipelines.yaml", store, {"docs": docs, "secret": secret}, steps=10,
+                         register="{gate: {below_unigram: false, val_loss_margin: -0.9}}")
+
     code, first = run(config, tmp_path, "run")
     reg = Registry(store, "mt")
     assert code == 0 and reg.alias() == "v1" and reg.info("v1")["lineage"]["sources"]["secret"]["docs_out"] == 6
