@@ -174,9 +174,10 @@ def test_deployments_on_a_postgres_backed_server(pg_server, client, tmp_path):
     assert client.read_work_pool("llmpipe-gpu").concurrency_limit == 2  # deploy.gpu_slots
     maint = deps["llmpipe-maintenance"]
     assert [s.schedule.cron for s in maint.schedules] == ["0 3 * * 0"]
-    assert maint.concurrency_limit == 1 or getattr(maint, "global_concurrency_limit", None) is not None
+    assert _limit(maint) == 1 and maint.concurrency_options.collision_strategy.value == "ENQUEUE"
     props = maint.parameter_openapi_schema["properties"]
-    assert props["pipeline"]["enum"] == ["mt"] if "enum" in props["pipeline"] else True
+    choice = props["pipeline"].get("enum") or [props["pipeline"].get("const")]  # one pipeline: a const
+    assert choice == ["mt"] and "pattern" in json.dumps(props["overrides"])
     schema = json.dumps(deps["llmpipe"].parameter_openapi_schema)
     assert '"mt"' in schema and "KEY=VALUE" in schema and "pattern" in schema
     assert deps["llmpipe-evaluate"].parameter_openapi_schema["required"] == ["model"]
@@ -222,31 +223,8 @@ def test_deployments_on_a_postgres_backed_server(pg_server, client, tmp_path):
         time.sleep(1)
     assert any(b"llmpipe.model.promoted" in b for b in Hook.received), "the automation sent the promotion"
 
-    # the event trigger: data arrived (what an external system sends) starts a maintenance run
-    before = {r.id for r in _runs_of(client, maint.id)}  # the scheduler's future runs are told apart below
-    out = subprocess.run([str(BIN / "prefect"), "event", "emit", "llmpipe.data.arrived", "--resource-id",
-                          "llmpipe.pipeline.mt"], env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    deadline, new = time.time() + 90, []
-    while time.time() < deadline and not new:
-        new = [r for r in _runs_of(client, maint.id) if r.id not in before and not r.auto_scheduled]
-        time.sleep(1)
-    assert new, "no maintenance run was started by the event"
-    triggered = _wait_run(client, new[0].id)
-    assert triggered.state.is_completed() and records(reg)[-1]["outcome"] == "nothing_new"
-
-    # the concurrency limit: two runs triggered at once never run at the same time
-    write_batch(src, "c", 50, 6)
-    pair = [client.create_flow_run_from_deployment(maint.id, parameters={"pipeline": "mt"}) for _ in range(2)]
-    done = [_wait_run(client, r.id) for r in pair]
-    assert all(r.state.is_completed() for r in done)
-    (a0, a1), (b0, b1) = [(r.start_time, r.end_time) for r in done]
-    assert a1 <= b0 or b1 <= a0, f"the two maintenance runs overlapped: {a0}-{a1} and {b0}-{b1}"
-    waited = [s.name for r in done for s in client.read_flow_run_states(r.id)]
-    assert "AwaitingConcurrencySlot" in waited
-
-    # `llmpipe serve`: the same deployments served from one process; with the workers stopped, a run of one of
-    # them can only execute there
+    # `llmpipe serve`: the same deployments served from one process, schedules and triggers included; with
+    # the workers stopped, runs can only execute there
     for worker in pg_server["procs"]:
         worker.terminate()
         worker.wait(30)
@@ -257,20 +235,44 @@ def test_deployments_on_a_postgres_backed_server(pg_server, client, tmp_path):
     pg_server["procs"].append(served)
     from prefect.exceptions import ObjectNotFound
 
-    deadline, evaluate = time.time() + 90, None
-    while time.time() < deadline and (evaluate is None or evaluate.work_pool_name):
-        try:  # replaced: deleted, then created again by the served process
-            evaluate = client.read_deployment_by_name("llmpipe-evaluate/mt")
+    deadline, maint, trigger = time.time() + 90, None, []
+    while time.time() < deadline and (maint is None or maint.work_pool_name or not trigger):
+        try:  # replaced: deleted, then created again by the served process, with its trigger
+            maint = client.read_deployment_by_name("llmpipe-maintenance/mt")
+            trigger = client.read_resource_related_automations(f"prefect.deployment.{maint.id}")
         except ObjectNotFound:
-            evaluate = None
+            maint = None
         time.sleep(1)
-    assert evaluate is not None and evaluate.work_pool_name is None and evaluate.created > started, \
+    assert maint is not None and maint.work_pool_name is None and maint.created > started, \
         "llmpipe serve did not register its deployments"
-    assert [s.schedule.cron for s in client.read_deployment_by_name("llmpipe-maintenance/mt").schedules] == ["0 3 * * 0"]
-    run = client.create_flow_run_from_deployment(evaluate.id, parameters={
-        "model": str(reg.version_dir("v2") / "hf"), "stage": "bias", "pipeline": "mt"})
-    run = _wait_run(client, run.id, timeout=120)
-    assert run.state.is_completed(), _logs(pg_server)  # the workers are gone: the served process ran it
+    assert [s.schedule.cron for s in maint.schedules] == ["0 3 * * 0"] and _limit(maint) == 1
+
+    # the event trigger (what an external system sends when data arrived), twice: two maintenance runs start,
+    # and the deployment's concurrency limit keeps them from running at the same time
+    write_batch(src, "c", 50, 6)
+    before = {r.id for r in _runs_of(client, maint.id)}  # the scheduler's future runs are told apart below
+    for _ in range(2):
+        out = subprocess.run([str(BIN / "prefect"), "event", "emit", "llmpipe.data.arrived", "--resource-id",
+                              "llmpipe.pipeline.mt"], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+    deadline, new = time.time() + 90, []
+    while time.time() < deadline and len(new) < 2:
+        new = [r for r in _runs_of(client, maint.id) if r.id not in before and not r.auto_scheduled]
+        time.sleep(1)
+    assert len(new) == 2, f"the events started {len(new)} maintenance runs, not 2"
+    done = [_wait_run(client, r.id) for r in new]
+    assert all(r.state.is_completed() for r in done), _logs(pg_server)  # the workers are gone: served
+    (a0, a1), (b0, b1) = [(r.start_time, r.end_time) for r in done]
+    assert a1 <= b0 or b1 <= a0, f"the two maintenance runs overlapped: {a0}-{a1} and {b0}-{b1}"
+    assert "AwaitingConcurrencySlot" in [s.name for r in done for s in client.read_flow_run_states(r.id)]
+    outcomes = sorted(r["outcome"] for r in records(reg)[-2:])  # the first trains on batch c, the second finds nothing
+    assert outcomes in (["nothing_new", "promote"], ["nothing_new", "reject"]), outcomes
+
+
+def _limit(deployment) -> int | None:
+    """The deployment's concurrency limit (Prefect keeps it as a global concurrency limit of its own)."""
+    gcl = getattr(deployment, "global_concurrency_limit", None)
+    return gcl.limit if gcl is not None else deployment.concurrency_limit
 
 
 def _logs(pg_server) -> str:
