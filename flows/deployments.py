@@ -220,7 +220,6 @@ def _replace_deployed(names: list[str]) -> None:
 def prefect_yaml(pipeline: str, config_file: str | None) -> str:
     """The deployments as a prefect.yaml for `prefect deploy --all --prefect-file ...` (run from the checkout)."""
     import yaml
-    from prefect import __version__
 
     name, cfg, path = resolve(pipeline, config_file)
     rel = os.path.relpath(path, REPO) if Path(path).is_relative_to(REPO) else path
