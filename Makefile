@@ -18,9 +18,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/llmpipe run demo --summary runs/demo-summary.json $(DEMO_ARGS)
 
-# two workers: most tests wait on subprocesses and servers, and CI has 2 cores
+# two workers that steal work from each other: most tests wait on subprocesses and servers, CI has 2 cores
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 clean-store:
 	rm -rf store runs
