@@ -118,23 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     mt = sub.add_parser("maintenance", help="fold new data into the champion: continued pretraining with replay "
                                             "(or a retrain), evaluate, bias, gate, promote or reject")
-    mt.add_argument("pipeline", nargs="?", default="demo", help="pipeline name in pipelines.yaml (default: demo)")
-    mt.add_argument("-c", "--config", help="pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)")
-    mt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config key, e.g. --set maintenance.min_new_docs=100 (repeatable)")
-    mt.add_argument("--summary", help="also write the run summary JSON (with the maintenance record) here")
-    mt.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines")
+    _pipeline_args(mt, "maintenance.min_new_docs=100", "also write the run summary JSON (with the maintenance record) here")
 
     dep = sub.add_parser("deploy", help="register the pipeline's Prefect deployments, work pools and automations "
                                         "with the server in PREFECT_API_URL")
-    dep.add_argument("pipeline", nargs="?", default="demo", help="pipeline name in pipelines.yaml (default: demo)")
-    dep.add_argument("-c", "--config", help="pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)")
+    _pipeline_args(dep)
     dep.add_argument("--prefect-yaml", action="store_true",
                      help="print the deployments as a prefect.yaml instead (infra/prefect.yaml is this for demo)")
     srv = sub.add_parser("serve", help="serve the pipeline's deployments from this process, with their schedules "
                                        "and event triggers (no work pools needed)")
-    srv.add_argument("pipeline", nargs="?", default="demo", help="pipeline name in pipelines.yaml (default: demo)")
-    srv.add_argument("-c", "--config", help="pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)")
+    _pipeline_args(srv)
 
     pr = sub.add_parser("predict", help="label a text with a classifier the evaluate stage fine-tuned")
     pr.add_argument("model_dir", help="a classifier directory: <evaluate output>/classifiers/<task>")
@@ -153,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.forget import add_parser as add_forget_parser
     add_forget_parser(sub)
     return p
+
+
+def _pipeline_args(p: argparse.ArgumentParser, set_example: str | None = None, summary: str | None = None) -> None:
+    """PIPELINE and -c; with `set_example` also --set, and with `summary` also --summary and -v (a flow run)."""
+    p.add_argument("pipeline", nargs="?", default="demo", help="pipeline name in pipelines.yaml (default: demo)")
+    p.add_argument("-c", "--config", help="pipelines.yaml to read (default: ./pipelines.yaml, else the repo's)")
+    if set_example:
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"override a config key, e.g. --set {set_example} (repeatable)")
+    if summary:
+        p.add_argument("--summary", help=summary)
+        p.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,8 +154,11 @@ def ensure_notification(pipeline: str, cfg: Any) -> str:
         raise UserError(f"deploy.notify_block: no Prefect block {slug!r} ({exc}); create one (e.g. `prefect block "
                         "register` / the UI's Blocks page) and give it as <block type>/<name>") from None
     name = f"llmpipe-{pipeline}-notify"
-    for old in Automation.read(name=name) if _has_automation(name) else []:
-        old.delete()
+    try:
+        for old in Automation.read(name=name):  # deployed again: the automation is replaced, not doubled
+            old.delete()
+    except ValueError:  # none of that name yet
+        pass
     Automation(name=name, description=f"{pipeline}: failed runs and promotions to {slug}",
                trigger=EventTrigger(expect={"prefect.flow-run.Failed", "llmpipe.model.promoted"},
                                     match_related={"prefect.resource.id": [f"llmpipe.pipeline.{pipeline}",
@@ -166,15 +169,6 @@ def ensure_notification(pipeline: str, cfg: Any) -> str:
                                          body="{{ event.event }} {{ event.resource.get('prefect.resource.name') }}"
                                               " {{ event.payload }}")]).create()
     return f"automation {name}"
-
-
-def _has_automation(name: str) -> bool:
-    from prefect.automations import Automation
-
-    try:
-        return bool(Automation.read(name=name))
-    except ValueError:
-        return False
 
 
 def serve(pipeline: str, config_file: str | None) -> None:

@@ -72,7 +72,7 @@ def run_maintenance(pipeline: str, overrides: list[str] | None, config_file: str
                 summary = data
                 return _finish(reg, record, data, summary_path)
         run_cfg = validated(continue_config(cfg, basis, m)) if mode == "continue" else cfg
-        summary = _pipeline.run_config(name, run_cfg, None, _pipeline.STAGES, config_file, summary_path, run_id)
+        summary = _pipeline.run_config(name, run_cfg, None, _pipeline.STAGES, config_file, None, run_id)
         stages = summary["stages"]
         trained = (stages.get("pretrain") or {}).get("stats") or {}
         record["trained"] = {k: trained.get(k) for k in ("steps", "tokens", "val_loss", "replay_ratio",
@@ -112,12 +112,11 @@ def _finish(reg: Registry, record: dict[str, Any], summary: dict[str, Any] | Non
         log.warning("could not create the maintenance artifact: %s", exc)
     out = dict(summary or {"stages": {}, "status": record["outcome"]})
     out["maintenance"] = {**record, "record": str(path)}
-    if summary_path:
-        import json
-        from pathlib import Path
-
-        Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(summary_path).write_text(json.dumps(out, indent=2, sort_keys=True, default=str))
+    if summary is not None and record["outcome"] != "failed":  # a failed phase wrote its own summary
+        # the run's summary.json (and --summary) once, with the maintenance record in it
+        phase = ["data"] if record["outcome"] == "nothing_new" else []  # only the data phase ran
+        run_dir = reg.store.join("runs", record["run_id"], *phase)
+        _pipeline._write_summary(reg.store, run_dir, out, summary_path)
     return out
 
 

@@ -104,13 +104,12 @@ def limitations(metrics: dict[str, Any], lineage: dict[str, Any]) -> list[str]:
 # metric history ---------------------------------------------------------------------------------------
 def history_rows(reg: Registry) -> list[dict[str, Any]]:
     """One row per version, in registration order: status, aliases, loss, averages, every bias figure."""
-    state = reg.state()
     rows = []
     for v in reg.versions():
         info = reg.info(v)
         m = info["metrics"] or {}
         ev, bias = m.get("evaluate") or {}, m.get("bias") or {}
-        row = {"version": v, "created": state["versions"][v]["created"], "status": state["versions"][v]["status"],
+        row = {"version": v, "created": info["created"], "status": info["status"],
                "aliases": ",".join(info["aliases"]), "val_loss": (m.get("pretrain") or {}).get("val_loss"),
                "val_bits_per_byte": ev.get("val_bits_per_byte")}
         for k, val in sorted((ev.get("averages") or {}).items()):
@@ -152,12 +151,13 @@ def history_plot(reg: Registry, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    gated = gated_figures(reg)
     x = list(range(len(rows)))
     labels = [r["version"] for r in rows]
     panels = [("validation loss (nats/token)", [k for k in ("val_loss",)]),
               ("averages", sorted({k for r in rows for k in r if k.endswith("_average")})),
               ("bias figures with a threshold", sorted({k for r in rows for k in r if k.startswith("bias ")
-                                                        and k.removeprefix("bias ") in gated_figures(reg)}))]
+                                                        and k.removeprefix("bias ") in gated}))]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=100)
     for ax, (title, keys) in zip(axes, panels):
         for k in keys:

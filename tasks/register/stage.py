@@ -122,11 +122,12 @@ def version_metrics(inputs: Inputs, store: Any) -> dict[str, Any]:
     metrics["val_unigram_baseline_nats"] = metrics["pretrain"].get("val_unigram_baseline_nats")
     ev = inputs.get("evaluate")
     if ev is not None and "results" in ev.outputs:
+        from tasks.evaluate.stage import model_metrics
+
         results = json.loads(store.local_path(ev.files("results")[0]).read_text())
-        ppl = results.get("perplexity") or {}
+        # evaluate's own compact figures, with each task's n, protocol and intervals for the gate
         metrics["evaluate"] = {
-            "val_perplexity": ppl.get("perplexity"), "val_bits_per_byte": ppl.get("bits_per_byte"),
-            "averages": {k: v.get("score") for k, v in (results.get("averages") or {}).items()},
+            **model_metrics(results),
             "tasks": {n: {"protocol": r.get("protocol"), "n": r.get("n_eval"), "suite": r.get("suite"),
                           "metrics": {m: {"value": v.get("value"), "ci": v.get("ci")}
                                       for m, v in (r.get("metrics") or {}).items()}}
