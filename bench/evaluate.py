@@ -404,7 +404,7 @@ def finetune_trainer(hf_dir: Path, train: list[Example], cfg: FinetuneConfig, ou
     )
 
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    config, fmt = task_config(hf_dir, "classification", SST2_LABELS, tokenizer, cfg.max_length)
+    config, fmt, _ = task_config(hf_dir, "classification", SST2_LABELS, tokenizer, cfg.max_length)
     ids = encode_examples(tokenizer, fmt, "classification", train)  # the very sequences ours trains on
     dataset = [{"input_ids": g[0], "attention_mask": [1] * len(g[0]), "labels": e.label}
                for g, e in zip(ids, train)]

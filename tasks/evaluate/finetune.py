@@ -7,10 +7,18 @@ cross-entropy over an example's choices, which is what a multiple-choice head co
 the one loop, tasks/pretrain/loop.py: this module gives it a data source (seeded shuffle per epoch,
 batches grouped by length and padded to their longest sequence) and an objective.
 
-Inputs are formatted `[prefix] text <eos> [pair <eos>]` (the prefix is what the tokenizer puts before any
-text, e.g. a BOS; none for our models), so the pooled last token has read both texts; when the sequence
-is too long the first text is cut. The classifier's config.json records the format under `llmpipe_task`
-and `predict` reads it back, so the classifier formats its inputs the way it was trained.
+Two input formats. The prompt head (FinetuneConfig.head "prompt", the default, for a classification task
+whose prompt gives one continuation per class, each starting with its own token): the input is the task's
+zero-shot prompt rendered without the answer, the pooled token is the prompt's last, where the LM
+predicts the answer, and the head starts as the LM head's rows of the answers' first tokens, so training
+starts from the zero-shot classifier instead of a random projection (pattern-based fine-tuning: Schick &
+Schuetze 2021 "PET", Gao et al. 2021 "LM-BFF"). The random-init baseline gets the same inputs; its LM
+head would be random, so its head starts random. Otherwise (regression, multiple choice, no such
+prompt, or head "linear") inputs are `[prefix] text <eos> [pair <eos>]` (the prefix is what the
+tokenizer puts before any text, e.g. a BOS; none for our models), so the pooled last token has read both
+texts, and a new linear head is trained; when the sequence is too long the first text is cut. The
+classifier's config.json records the format under `llmpipe_task` and `predict` reads it back, so the
+classifier formats its inputs the way it was trained.
 
     <out_dir>/classifier/   config.json, model.safetensors, tokenizer files, finetune.json
     <out_dir>/checkpoints/  the loop's checkpoints while training (a rerun resumes; removed when done)
@@ -42,7 +50,7 @@ from tasks.core.config import stable_hash
 from tasks.core.errors import UserError
 from tasks.core.hashing import sha256_of
 from tasks.evaluate.finetune_config import FinetuneConfig  # noqa: F401 - kept importable from here
-from tasks.evaluate.prompts import ExampleLike
+from tasks.evaluate.prompts import ExampleLike, PromptSpec, example_fields, fill
 from tasks.evaluate.score import quiet_transformers
 from tasks.pretrain.checkpoint import write_json_atomic
 from tasks.pretrain.loop import (
@@ -73,6 +81,8 @@ class FinetuneResult:
     train_examples_per_s: float | None  # examples trained on per second of training steps
     train_loss: float | None  # mean loss of the last logged steps
     reused: bool = False  # the classifier of an earlier identical run was reused: no training ran
+    head: str = "linear"  # "prompt": inputs were the task's prompt and the head started from the LM head
+    linear_why: str = ""  # why a classification task got the linear head when cfg.head asked for "prompt"
 
 
 # input format ------------------------------------------------------------------------------------
@@ -126,6 +136,74 @@ class PairFormat:
         return out
 
 
+@dataclass(frozen=True)
+class PromptFormat:
+    """`prefix + rendered prompt` (as zero-shot scoring renders it, without the choices), at most max_length
+    tokens; the head pools the prompt's last token, where the LM predicts the answer, and starts as the LM
+    head's rows of `head_token_ids` (each choice's first token). When too long, the longest of text and
+    pair is cut from its end until the prompt fits, so the question at the end is kept."""
+
+    template: str
+    choices: tuple[str, ...]
+    head_token_ids: tuple[int, ...]
+    prefix: tuple[int, ...]
+    max_length: int
+
+    @classmethod
+    def for_task(cls, tokenizer, prompt: PromptSpec | None, kind: str, labels: list[str] | None,
+                 max_length: int) -> tuple[PromptFormat | None, str]:
+        """(the format, "") or (None, why the task gets the linear head instead)."""
+        if kind != "classification":
+            return None, f"a {kind} task gets a linear head"
+        if prompt is None or prompt.choices is None:
+            return None, "the task has no prompt with one fixed choice per class"
+        if len(prompt.choices) != len(labels or ()):
+            return None, f"its prompt has {len(prompt.choices)} choices for {len(labels or ())} classes"
+        firsts = [tokenizer(c, add_special_tokens=False)["input_ids"][:1] for c in prompt.choices]
+        ids = [f[0] for f in firsts if f]
+        if len(ids) != len(firsts) or len(set(ids)) != len(ids):
+            return None, f"its prompt's choices {list(prompt.choices)} do not start with distinct tokens"
+        prefix = tuple(tokenizer("", add_special_tokens=True)["input_ids"])
+        if max_length < len(prefix) + 8:
+            raise UserError(f"finetune.max_length {max_length} leaves no room for the prompt")
+        return cls(prompt.template, tuple(prompt.choices), tuple(ids), prefix, max_length), ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "prompt", "template": self.template, "choices": list(self.choices),
+                "head_token_ids": list(self.head_token_ids), "prefix_ids": list(self.prefix),
+                "max_length": self.max_length}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PromptFormat:
+        return cls(d["template"], tuple(d["choices"]), tuple(d["head_token_ids"]), tuple(d["prefix_ids"]),
+                   d["max_length"])
+
+    def _render(self, fields: dict[str, Any], example: ExampleLike) -> str:
+        return fill(self.template, fields, example, "template")
+
+    def encode(self, tokenizer, examples: Sequence[ExampleLike]) -> list[list[int]]:
+        room = self.max_length - len(self.prefix)
+        fields = [example_fields(e) for e in examples]
+        rendered = [self._render(f, e) for f, e in zip(fields, examples)]
+        ids = tokenizer(rendered, add_special_tokens=False, verbose=False)["input_ids"] if rendered else []
+        out = []
+        for e, f, seq in zip(examples, fields, ids):
+            for _ in range(4):  # cutting by tokens, then re-rendering, can merge tokens: a few rounds
+                if len(seq) <= room:
+                    break
+                name = max(("text", "pair"), key=lambda k: len(f.get(k) or ""))
+                cut = tokenizer(f[name], add_special_tokens=False)["input_ids"]
+                f = {**f, name: tokenizer.decode(cut[:max(0, len(cut) - (len(seq) - room) - 1)])}
+                seq = tokenizer(self._render(f, e), add_special_tokens=False)["input_ids"]
+            out.append([*self.prefix, *seq[-room:]])  # a template longer than the room keeps its end
+        return out
+
+
+def format_from_dict(d: dict[str, Any]) -> PairFormat | PromptFormat:
+    """The input format a classifier's config.json records."""
+    return PromptFormat.from_dict(d) if d.get("format") == "prompt" else PairFormat.from_dict(d)
+
+
 def choice_context(example: ExampleLike) -> str:
     """The first text of a multiple-choice sequence (the choice is the second): the text, its pair if any,
     and for COPA-style examples with meta["question"] ("cause"/"effect") " What was the cause?"."""
@@ -136,6 +214,8 @@ def choice_context(example: ExampleLike) -> str:
 
 def encode_examples(tokenizer, fmt: PairFormat, kind: str, examples: Sequence[ExampleLike]) -> list[list[list[int]]]:
     """Each example's sequences: one, or one per choice."""
+    if isinstance(fmt, PromptFormat):
+        return [[ids] for ids in fmt.encode(tokenizer, examples)]
     if kind != "multiple_choice":
         return [[ids] for ids in fmt.encode(tokenizer, [e.text for e in examples], [e.pair for e in examples])]
     contexts, choices = [], []
@@ -360,7 +440,7 @@ def predict_examples(classifier_dir: str | Path, examples: Sequence[ExampleLike]
 
     classifier_dir = Path(classifier_dir)
     _, task = read_task(classifier_dir)
-    kind, fmt = task["kind"], PairFormat.from_dict(task)
+    kind, fmt = task["kind"], format_from_dict(task)
     tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
     dev = torch.device(device) if device else default_device()
     with quiet_transformers():
@@ -381,36 +461,45 @@ def autocast_for(device: torch.device, precision: str) -> Callable:
 
 
 # fine-tuning -------------------------------------------------------------------------------------
-def task_config(hf_dir: Path, kind: str, labels: list[str] | None, tokenizer, max_length: int):
+def task_config(hf_dir: Path, kind: str, labels: list[str] | None, tokenizer, max_length: int,
+                prompt: PromptSpec | None = None, head: str = "linear"):
     """(the model's config with the head's size, labels, loss type, pad token and `llmpipe_task`, the
-    input format); max_length is capped at the model's positions (it was trained on no longer inputs)."""
+    input format, and why the head is linear when `head` asked for a prompt head, else ""); max_length is
+    capped at the model's positions (it was trained on no longer inputs)."""
     from transformers import AutoConfig
 
     if kind == "classification":
-        head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                "label2id": {name: i for i, name in enumerate(labels)},
-                "problem_type": "single_label_classification"}
+        sizes = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                 "label2id": {name: i for i, name in enumerate(labels)},
+                 "problem_type": "single_label_classification"}
     else:
-        head = {"num_labels": 1, "problem_type": "regression"} if kind == "regression" else {"num_labels": 1}
+        sizes = {"num_labels": 1, "problem_type": "regression"} if kind == "regression" else {"num_labels": 1}
     with quiet_transformers():
-        config = AutoConfig.from_pretrained(hf_dir, **head)
+        config = AutoConfig.from_pretrained(hf_dir, **sizes)
     positions = getattr(config, "max_position_embeddings", None)
-    fmt = PairFormat.for_tokenizer(tokenizer, min(max_length, positions or max_length))
+    max_length = min(max_length, positions or max_length)
+    fmt, linear_why = None, ""
+    if head == "prompt":
+        fmt, linear_why = PromptFormat.for_task(tokenizer, prompt, kind, labels, max_length)
+    pair_fmt = PairFormat.for_tokenizer(tokenizer, max_length)
+    fmt = fmt or pair_fmt
     pad = config.pad_token_id if config.pad_token_id is not None else tokenizer.pad_token_id
     if pad is None:
-        pad = fmt.sep
-    if pad == fmt.sep:  # the head pools the last non-pad token: then the last text token, not the eos
+        pad = pair_fmt.sep
+    if pad == pair_fmt.sep and isinstance(fmt, PairFormat):  # the head pools the last non-pad token
         log.warning("%s has no pad token apart from eos: the classifier pools the last token before the "
                     "final eos", hf_dir)
     config.pad_token_id = pad
     if hasattr(config, "llmpipe"):  # the export's extra multi-token heads are not part of the classifier
         del config.llmpipe
     setattr(config, TASK_KEY, {"kind": kind, "pad_id": pad, **fmt.to_dict()})
-    return config, fmt
+    return config, fmt, linear_why
 
 
-def model_builder(hf_dir: Path, config, random_init: bool) -> Callable[[], torch.nn.Module]:
-    """Pretrained weights and a new head, or the same architecture from scratch; the loop seeds both."""
+def model_builder(hf_dir: Path, config, random_init: bool,
+                  head_token_ids: Sequence[int] = ()) -> Callable[[], torch.nn.Module]:
+    """Pretrained weights and a head (new, or the LM head's rows of head_token_ids), or the same
+    architecture from scratch (whose LM head would be random: its head starts random); the loop seeds both."""
     from transformers import AutoModelForSequenceClassification
 
     def build() -> torch.nn.Module:
@@ -422,9 +511,31 @@ def model_builder(hf_dir: Path, config, random_init: bool) -> Callable[[], torch
         missing = [k for k in info["missing_keys"] if not k.startswith("score.")]
         if missing:
             log.warning("%s lacks weights the classifier needs; they start random: %s", hf_dir, missing)
+        if head_token_ids:
+            with torch.no_grad():
+                model.score.weight.copy_(lm_head_rows(hf_dir, config, model, head_token_ids))
         return model
 
     return build
+
+
+def lm_head_rows(hf_dir: Path, config, classifier, token_ids: Sequence[int]) -> torch.Tensor:
+    """The causal LM's output-embedding rows of token_ids: the input embeddings when they are tied, else
+    `lm_head.weight` from the directory's safetensors (or, failing those, the model loaded whole)."""
+    ids = torch.tensor(list(token_ids), dtype=torch.long)
+    if getattr(config, "tie_word_embeddings", False):
+        return classifier.get_input_embeddings().weight.detach()[ids].float()
+    from safetensors import safe_open
+
+    for path in sorted(Path(hf_dir).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            if "lm_head.weight" in f.keys():
+                return f.get_slice("lm_head.weight")[:][ids].float()
+    from transformers import AutoModelForCausalLM
+
+    with quiet_transformers():
+        lm = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    return lm.get_output_embeddings().weight.detach()[ids].float()
 
 
 def label_tensor(kind: str, examples: Sequence[ExampleLike]) -> torch.Tensor:
@@ -456,10 +567,13 @@ def run_spec(hf_dir: Path, kind: str, labels: list[str] | None, train: Sequence[
 
 def finetune(hf_dir: str | Path, kind: str, labels: list[str] | None, train: Sequence[ExampleLike],
              evaluate_on: Sequence[ExampleLike], cfg: FinetuneConfig, out_dir: str | Path,
-             random_init: bool = False, progress: Callable[[int, int], None] | None = None) -> FinetuneResult:
+             random_init: bool = False, progress: Callable[[int, int], None] | None = None,
+             prompt: PromptSpec | None = None) -> FinetuneResult:
     """Fine-tune hf_dir's model with a `kind` head on `train`, save it as <out_dir>/classifier and predict
-    `evaluate_on`. A rerun with the same out_dir resumes from the last checkpoint, or reuses the finished
-    classifier when nothing it depends on changed. progress(step, total_steps) runs after every step."""
+    `evaluate_on`. With cfg.head "prompt" and a prompt whose choices fit (PromptFormat.for_task), the
+    inputs are the rendered prompt and the head starts from the LM head. A rerun with the same out_dir
+    resumes from the last checkpoint, or reuses the finished classifier when nothing it depends on
+    changed. progress(step, total_steps) runs after every step."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     start = time.perf_counter()
@@ -476,8 +590,10 @@ def finetune(hf_dir: str | Path, kind: str, labels: list[str] | None, train: Seq
         raise UserError(f"{hf_dir} is not a Hugging Face model directory (no config.json); export one with "
                         "tasks/pretrain/export.py")
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    config, fmt = task_config(hf_dir, kind, labels, tokenizer, cfg.max_length)
-    spec = run_spec(hf_dir, kind, labels, train, cfg, random_init)
+    config, fmt, linear_why = task_config(hf_dir, kind, labels, tokenizer, cfg.max_length, prompt, cfg.head)
+    if linear_why and kind == "classification":
+        log.info("%s: linear head, not a prompt head: %s", out_dir.name, linear_why)
+    spec = run_spec(hf_dir, kind, labels, train, cfg, random_init) | {"format": getattr(config, TASK_KEY)}
     classifier = out_dir / "classifier"
     record = _finished(classifier, spec)
     reused = record is not None
@@ -497,7 +613,8 @@ def finetune(hf_dir: str | Path, kind: str, labels: list[str] | None, train: Seq
     return FinetuneResult(predictions=predictions, classifier_dir=classifier, train_examples=len(train),
                           steps=record["steps"], seconds=time.perf_counter() - start,
                           train_examples_per_s=record["train_examples_per_s"],
-                          train_loss=record["train_loss"], reused=reused)
+                          train_loss=record["train_loss"], reused=reused,
+                          head="prompt" if isinstance(fmt, PromptFormat) else "linear", linear_why=linear_why)
 
 
 def _finished(classifier: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -517,7 +634,8 @@ def _train(hf_dir, kind, train, cfg, out_dir, config, tokenizer, fmt, spec, rand
     steps = cfg.epochs * data.steps_per_epoch
     out_dir.mkdir(parents=True, exist_ok=True)
     loop_cfg = loop_config(cfg, out_dir, steps)
-    trainer = Trainer(loop_cfg, model_builder(hf_dir, config, random_init), data, HeadObjective(kind),
+    head_ids = fmt.head_token_ids if isinstance(fmt, PromptFormat) else ()
+    trainer = Trainer(loop_cfg, model_builder(hf_dir, config, random_init, head_ids), data, HeadObjective(kind),
                       make_accelerator(loop_cfg), model_spec=spec, fused_on_cpu=True)
     on_step = (lambda t: progress(t.step, t.total_steps)) if progress else None
     try:

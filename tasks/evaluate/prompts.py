@@ -72,7 +72,7 @@ def _field_names(template: str) -> list[str]:
     return [re.match(r"[^.\[]*", name).group() for _, name, _, _ in parsed if name is not None]
 
 
-def _fill(template: str, fields: dict[str, Any], example: ExampleLike, what: str) -> str:
+def fill(template: str, fields: dict[str, Any], example: ExampleLike, what: str) -> str:
     missing = [n for n in _field_names(template) if n not in fields]
     if missing:
         raise UserError(f"prompt {what} field {{{missing[0]}}} is not in example {example.idx}; the fields "
@@ -94,16 +94,16 @@ def continuations(spec: PromptSpec, example: ExampleLike) -> list[str]:
         raise UserError(f"example {example.idx} has no choices and the prompt gives none: set the prompt's "
                         "choices (one continuation per label) for a classification task")
     fields = example_fields(example)
-    return [_fill(spec.choice_template, {**fields, "choice": c}, example, "choice_template")
+    return [fill(spec.choice_template, {**fields, "choice": c}, example, "choice_template")
             for c in example.choices]
 
 
 def fewshot_context(spec: PromptSpec, demos: Sequence[ExampleLike], query: ExampleLike | None = None) -> str:
     """Each demonstration's context and gold continuation, joined by the separator; then the separator and
     the query's context when a query is given ("" with neither demonstrations nor query)."""
-    parts = [_fill(spec.template, example_fields(d), d, "template") + _gold(spec, d) for d in demos]
+    parts = [fill(spec.template, example_fields(d), d, "template") + _gold(spec, d) for d in demos]
     if query is not None:
-        parts.append(_fill(spec.template, example_fields(query), query, "template"))
+        parts.append(fill(spec.template, example_fields(query), query, "template"))
     elif parts:
         parts.append("")
     return spec.fewshot_separator.join(parts)

@@ -2,7 +2,10 @@
 bootstrap 95% interval (whole MultiRC questions and AX-g pairs resampled together)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from tasks.evaluate import stats
 from tasks.evaluate.metrics import compute
@@ -22,21 +25,48 @@ def _references(module: str, examples: list[Any]) -> tuple[list[Any] | None, lis
     return [ex.answers if module == "record" else ex.label for ex in examples], groups
 
 
+class _Mean:
+    """The mean of several runs' metric (one model fine-tuned with several seeds) on the same resample of
+    examples; ResampledMetric's fast path on every run."""
+
+    def __init__(self, runs: list[stats.ResampledMetric]):
+        self.runs = runs
+
+    def weighted(self, weights):
+        return np.mean([run.weighted(weights) for run in self.runs], axis=0)
+
+    def __call__(self, indices) -> float:
+        return float(np.mean([run(indices) for run in self.runs]))
+
+
+def _resampled(module: str, key: str, runs: list[list[Any]], refs, groups):
+    metrics = [stats.ResampledMetric(module, p, refs, groups=groups, key=key) for p in runs]
+    return metrics[0] if len(metrics) == 1 else _Mean(metrics)
+
+
 def score_task(spec: Any, examples: list[Any], predictions: list[Any], samples: int = 1000,
-               seed: int = 0) -> dict[str, dict[str, Any]]:
-    """{output: {"value", "ci": [lo, hi] or None}} for each of the task's metrics."""
+               seed: int = 0, more_runs: Sequence[list[Any]] = ()) -> dict[str, dict[str, Any]]:
+    """{output: {"value", "ci": [lo, hi] or None}} for each of the task's metrics. With more_runs (the
+    predictions of the same model fine-tuned with other seeds) the value is the mean over all runs, each
+    resample scores every run on the same examples (the interval is the examples' uncertainty about that
+    mean), and `runs`, `run_values` and `sd` (between runs) are added."""
+    runs = [predictions, *more_runs]
     out: dict[str, dict[str, Any]] = {}
     for metric in spec.metrics:
         module, key = SOURCES.get(metric, (metric, metric))
         refs, groups = _references(module, examples)
         extra = {"groups": groups} if groups is not None else {}
-        value = compute(module, predictions, refs, **extra)[key]
+        values = [compute(module, p, refs, **extra)[key] for p in runs]
+        value = None if any(v is None for v in values) else values[0] if len(runs) == 1 else float(np.mean(values))
         ci = None
         if samples:
-            fn = stats.ResampledMetric(module, predictions, refs, groups=groups, key=key)
+            fn = _resampled(module, key, runs, refs, groups)
             lo, hi = stats.bootstrap_ci(fn, len(examples), samples=samples, seed=seed, groups=groups)
             ci = [float(lo), float(hi)]
         out[key] = {"value": value, "ci": ci}
+        if more_runs:
+            out[key] |= {"runs": len(runs), "run_values": values,
+                         "sd": None if value is None else float(np.std(values, ddof=1))}
     return out
 
 
@@ -44,7 +74,7 @@ class _Difference:
     """metric(a) - metric(b) on the same resample of examples: a paired bootstrap (ResampledMetric's fast
     path on both sides)."""
 
-    def __init__(self, a: stats.ResampledMetric, b: stats.ResampledMetric):
+    def __init__(self, a: stats.ResampledMetric | _Mean, b: stats.ResampledMetric | _Mean):
         self.a, self.b = a, b
 
     def weighted(self, weights):
@@ -55,11 +85,14 @@ class _Difference:
 
 
 def transfer_effect(spec: Any, examples: list[Any], predictions: list[Any], baseline: list[Any],
-                    samples: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
+                    samples: int = 1000, seed: int = 0, more_runs: Sequence[list[Any]] = (),
+                    more_baseline: Sequence[list[Any]] = ()) -> dict[str, dict[str, Any]]:
     """The pretrained model's score minus the random-init model's, per metric, on the same examples, with a
     paired bootstrap 95% interval (both scored on each resample): `separated` when it excludes 0. Two
-    overlapping marginal intervals do not mean no difference; this interval says whether there is one."""
-    a, b = score_task(spec, examples, predictions, samples=0), score_task(spec, examples, baseline, samples=0)
+    overlapping marginal intervals do not mean no difference; this interval says whether there is one.
+    With several fine-tuning seeds (more_runs, more_baseline) each side is the mean over its runs."""
+    a = score_task(spec, examples, predictions, samples=0, more_runs=more_runs)
+    b = score_task(spec, examples, baseline, samples=0, more_runs=more_baseline)
     out: dict[str, dict[str, Any]] = {}
     for metric in spec.metrics:
         module, key = SOURCES.get(metric, (metric, metric))
@@ -67,8 +100,8 @@ def transfer_effect(spec: Any, examples: list[Any], predictions: list[Any], base
         ci = None
         if samples and value is not None:
             refs, groups = _references(module, examples)
-            diff = _Difference(stats.ResampledMetric(module, predictions, refs, groups=groups, key=key),
-                               stats.ResampledMetric(module, baseline, refs, groups=groups, key=key))
+            diff = _Difference(_resampled(module, key, [predictions, *more_runs], refs, groups),
+                               _resampled(module, key, [baseline, *more_baseline], refs, groups))
             lo, hi = stats.bootstrap_ci(diff, len(examples), samples=samples, seed=seed, groups=groups)
             ci = [float(lo), float(hi)]
         out[key] = {"value": value, "ci": ci, "separated": None if ci is None else bool(ci[0] > 0 or ci[1] < 0)}

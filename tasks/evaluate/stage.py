@@ -51,6 +51,7 @@ class TaskOptions(StageConfig):
     limit_train: int | None = Field(None, ge=1)
     limit_eval: int | None = Field(None, ge=1)
     fewshot_k: int | None = Field(None, ge=0)
+    finetune_seeds: int | None = Field(None, ge=1)
     prompt: PromptSpec | None = None
 
 
@@ -71,6 +72,9 @@ class EvaluateConfig(StageConfig):
     limit_eval: int | None = Field(None, ge=1)  # first N examples of each evaluation split
     options: dict[str, TaskOptions] = Field(default_factory=dict)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    # fine-tuning runs per model (seeds finetune.seed + pipeline seed + 0..K-1): a task's scores are the mean
+    # over the runs, with the seed-to-seed sd; the first run's classifier is the one published and predicted with
+    finetune_seeds: int = Field(1, ge=1)
     random_init_baseline: bool = True  # fine-tune the same architecture from random weights beside it
     bootstrap_samples: int = Field(1000, ge=0)  # 0 = no intervals
     perplexity_max_tokens: int = Field(0, ge=0)  # val tokens scored for perplexity; 0 = all
@@ -295,7 +299,8 @@ class TaskRun:
             if random_dir.exists():
                 rpreds = predict_examples(random_dir, evaluation)
                 rec["random_init"] = self.score(evaluation, [p["prediction"] for p in rpreds])
-                rec["transfer"] = self.transfer(evaluation, preds, rpreds)
+                rec["transfer"] = self.transfer(evaluation, [[p["prediction"] for p in preds]],
+                                                [[p["prediction"] for p in rpreds]])
                 self.write_predictions(evaluation, rpreds, ".random_init")
         rec["majority"] = self.majority(None, evaluation)
         return rec
@@ -304,26 +309,41 @@ class TaskRun:
         from tasks.evaluate.finetune import finetune
 
         spec = self.spec
-        ft_cfg = self.cfg.finetune.model_copy(update={"seed": self.cfg.finetune.seed + self.seed})
+        base_cfg = self.cfg.finetune.model_copy(update={"seed": self.cfg.finetune.seed + self.seed})
         rec: dict[str, Any] = {"protocol": "finetune"}
         work = self.out / "_work"
-        result = finetune(self.hf_dir, spec.kind, spec.labels, train, evaluation, ft_cfg,
-                          work / "pretrained" / spec.name)
+        prompt = self.opts.prompt or (PromptSpec(**spec.prompt) if spec.prompt else None)
+        seeds = self.option("finetune_seeds")
+        results, rands = [], []
+        for k in range(seeds):  # run k trains in <task> (k = 0, as with one seed) or <task>.seed<k>
+            ft_cfg = base_cfg.model_copy(update={"seed": base_cfg.seed + k})
+            name = spec.name if k == 0 else f"{spec.name}.seed{k}"
+            results.append(finetune(self.hf_dir, spec.kind, spec.labels, train, evaluation, ft_cfg,
+                                    work / "pretrained" / name, prompt=prompt))
+            if self.cfg.random_init_baseline:
+                rands.append(finetune(self.hf_dir, spec.kind, spec.labels, train, evaluation, ft_cfg,
+                                      work / "random_init" / name, random_init=True, prompt=prompt))
+        result = results[0]
         target = self.out / "classifiers" / spec.name
         if target.exists():
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(result.classifier_dir), target)
-        rec["metrics"] = self.score(evaluation, [p["prediction"] for p in result.predictions])
-        rec["finetune"] = {"steps": result.steps, "seconds": round(result.seconds, 3),
-                           "train_examples_per_s": round(result.train_examples_per_s, 2)}
-        self.write_predictions(evaluation, result.predictions, "")
-        if self.cfg.random_init_baseline:
-            rand = finetune(self.hf_dir, spec.kind, spec.labels, train, evaluation, ft_cfg,
-                            work / "random_init" / spec.name, random_init=True)
-            rec["random_init"] = self.score(evaluation, [p["prediction"] for p in rand.predictions])
-            rec["transfer"] = self.transfer(evaluation, result.predictions, rand.predictions)
-            self.write_predictions(evaluation, rand.predictions, ".random_init")
+        runs = [[p["prediction"] for p in r.predictions] for r in results]
+        rec["metrics"] = self.score(evaluation, runs[0], runs[1:])
+        rec["finetune"] = {"steps": result.steps, "seconds": round(sum(r.seconds for r in results), 3),
+                           "train_examples_per_s": round(result.train_examples_per_s, 2), "head": result.head,
+                           "seeds": seeds}
+        if result.linear_why and base_cfg.head == "prompt" and spec.kind == "classification":
+            rec["finetune"]["linear_why"] = result.linear_why
+        for k, r in enumerate(results):
+            self.write_predictions(evaluation, r.predictions, "" if k == 0 else f".seed{k}")
+        if rands:
+            rand_runs = [[p["prediction"] for p in r.predictions] for r in rands]
+            rec["random_init"] = self.score(evaluation, rand_runs[0], rand_runs[1:])
+            rec["transfer"] = self.transfer(evaluation, runs, rand_runs)
+            for k, r in enumerate(rands):
+                self.write_predictions(evaluation, r.predictions, ".random_init" + ("" if k == 0 else f".seed{k}"))
         return rec
 
     def scored(self, evaluation: list[Any], demos: list[Any], protocol: str, suffix: str = "") -> dict[str, Any]:
@@ -361,16 +381,16 @@ class TaskRun:
         return choice
 
     # scores -----------------------------------------------------------------------------------------
-    def score(self, evaluation: list[Any], predictions: list[Any]) -> dict[str, Any]:
-        return score_task(self.spec, evaluation, predictions, samples=self.cfg.bootstrap_samples, seed=self.seed)
+    def score(self, evaluation: list[Any], predictions: list[Any], more_runs: list[list[Any]] = ()) -> dict[str, Any]:
+        return score_task(self.spec, evaluation, predictions, samples=self.cfg.bootstrap_samples, seed=self.seed,
+                          more_runs=more_runs)
 
-    def transfer(self, evaluation: list[Any], preds: list[dict[str, Any]],
-                 random_preds: list[dict[str, Any]]) -> dict[str, Any]:
+    def transfer(self, evaluation: list[Any], runs: list[list[Any]], random_runs: list[list[Any]]) -> dict[str, Any]:
+        """The paired difference of the two models' mean scores over their runs (lists of predictions)."""
         from tasks.evaluate.results import transfer_effect
 
-        return transfer_effect(self.spec, evaluation, [p["prediction"] for p in preds],
-                               [p["prediction"] for p in random_preds], samples=self.cfg.bootstrap_samples,
-                               seed=self.seed)
+        return transfer_effect(self.spec, evaluation, runs[0], random_runs[0], samples=self.cfg.bootstrap_samples,
+                               seed=self.seed, more_runs=runs[1:], more_baseline=random_runs[1:])
 
     def majority(self, train: list[Any] | None, evaluation: list[Any]) -> dict[str, Any]:
         return majority(self.spec, train, evaluation)

@@ -16,11 +16,13 @@ from tasks.evaluate.finetune import (
     ExampleBatches,
     FinetuneConfig,
     PairFormat,
+    PromptFormat,
     finetune,
     model_builder,
     predict,
     task_config,
 )
+from tasks.evaluate.prompts import PromptSpec
 
 FAST = {"lr": 3e-3, "epochs": 2, "batch_size": 8, "eval_batch_size": 16}
 
@@ -111,7 +113,7 @@ def test_random_init_starts_from_other_weights_seeded(tiny_hf_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
-    config, fmt = task_config(tiny_hf_dir, "classification", ["a", "b"], tokenizer, max_length=256)
+    config, fmt, _ = task_config(tiny_hf_dir, "classification", ["a", "b"], tokenizer, max_length=256)
     assert fmt.max_length == 64 and config.llmpipe_task["max_length"] == 64  # the model's positions
     exported = load_file(str(tiny_hf_dir / "model.safetensors"))["model.embed_tokens.weight"]
     torch.manual_seed(0)
@@ -152,6 +154,78 @@ def test_fixed_seed_runs_agree_and_an_interrupted_run_resumes_to_them(tiny_hf_di
 
     reused = finetune(tiny_hf_dir, "classification", ["n", "p"], train, train, cfg, tmp_path / "c")
     assert reused.reused and reused.steps == 6 and reused.predictions == first.predictions
+
+
+# the tiny tokenizer splits most words after a space into " " and the rest; these start with distinct tokens
+PROMPT = PromptSpec(template="{text}. Was it good or bad?", choices=[" so bad", " great"])
+
+
+def test_prompt_head_starts_as_the_zero_shot_classifier(tiny_hf_dir):
+    """The classifier's logits before training are the LM's next-token logits of the choices' first tokens
+    after the rendered prompt; the random-init model gets the same inputs and a random head."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    config, fmt, why = task_config(tiny_hf_dir, "classification", ["neg", "pos"], tokenizer, 256, PROMPT, "prompt")
+    assert isinstance(fmt, PromptFormat) and why == "" and config.llmpipe_task["format"] == "prompt"
+    firsts = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in PROMPT.choices]
+    assert list(fmt.head_token_ids) == firsts
+    examples = [Ex(i, s) for i, (s, _) in enumerate(sentiment(6))]
+    ids = fmt.encode(tokenizer, examples)
+    assert ids[0] == tokenizer(f"{examples[0].text}. Was it good or bad?", add_special_tokens=False)["input_ids"]
+    lm = AutoModelForCausalLM.from_pretrained(tiny_hf_dir, dtype=torch.float32).eval()
+    classifier = model_builder(tiny_hf_dir, config, random_init=False, head_token_ids=fmt.head_token_ids)().eval()
+    torch.manual_seed(0)
+    random_init = model_builder(tiny_hf_dir, config, random_init=True, head_token_ids=fmt.head_token_ids)()
+    with torch.no_grad():
+        for seq in ids:
+            x = torch.tensor([seq])
+            expected = lm(input_ids=x).logits[0, -1, firsts]
+            assert torch.allclose(classifier(input_ids=x).logits[0], expected, atol=1e-5)
+    assert not torch.allclose(random_init.score.weight, classifier.score.weight)
+
+
+def test_prompt_head_learns_and_predict_renders_the_prompt(tiny_hf_dir, tmp_path):
+    train = [Ex(i, s, label=y) for i, (s, y) in enumerate(sentiment(48))]
+    result = finetune(tiny_hf_dir, "classification", ["negative", "positive"], train, train,
+                      FinetuneConfig(**FAST), tmp_path / "run", prompt=PROMPT)
+    assert result.head == "prompt" and accuracy(result, train) >= 0.9
+    labelled = predict(result.classifier_dir, [e.text for e in train])
+    assert [name for name, _ in labelled] == [["negative", "positive"][p["prediction"]]
+                                              for p in result.predictions]
+    assert [prob for _, prob in labelled] == pytest.approx([max(p["scores"]) for p in result.predictions],
+                                                           abs=1e-5)
+    linear = finetune(tiny_hf_dir, "classification", ["negative", "positive"], train, train,
+                      FinetuneConfig(**FAST, head="linear"), tmp_path / "linear", prompt=PROMPT)
+    assert linear.head == "linear" and linear.linear_why == ""
+    assert json.loads((linear.classifier_dir / "config.json").read_text())["llmpipe_task"]["format"] != "prompt"
+
+
+def test_prompt_head_falls_back_to_a_linear_head_with_the_reason(tiny_hf_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    cases = [("regression", None, PROMPT, "a regression task gets a linear head"),
+             ("classification", ["n", "p"], None, "no prompt"),
+             ("classification", ["a", "b", "c"], PROMPT, "2 choices for 3 classes"),
+             ("classification", ["n", "p"], PromptSpec(template="{text}", choices=[" good day", " good night"]),
+              "do not start with distinct tokens")]
+    for kind, labels, prompt, why in cases:
+        _, fmt, reason = task_config(tiny_hf_dir, kind, labels, tokenizer, 256, prompt, "prompt")
+        assert isinstance(fmt, PairFormat) and why in reason
+
+
+def test_prompt_format_cuts_the_text_and_keeps_the_question(tiny_hf_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    pair_prompt = PromptSpec(template="{text}\nQuestion: {pair} Yes or no?\nAnswer:", choices=[" the", " was"])
+    fmt, _ = PromptFormat.for_task(tokenizer, pair_prompt, "classification", ["n", "y"], 48)
+    long = " ".join(["the cat sat on the mat"] * 10)
+    (ids,) = fmt.encode(tokenizer, [Ex(0, long, pair="is the cat here?")])
+    assert 40 <= len(ids) <= 48
+    decoded = tokenizer.decode(ids)
+    assert decoded.startswith("the cat sat") and decoded.endswith("Question: is the cat here? Yes or no?\nAnswer:")
 
 
 def test_pair_format_cuts_the_first_text_down_to_half_the_room(tiny_hf_dir):

@@ -94,6 +94,10 @@ def test_stage_end_to_end(tmp_path, tiny_model_dir, ctx, torch_one_thread):
         assert (out / "predictions" / f"{name}.random_init.jsonl").exists()
         assert (out / "classifiers" / name / "config.json").exists()
     assert tasks["sst2"]["majority"]["from"] == "train" and tasks["sst2"]["n_eval"] == 24
+    # the tiny tokenizer splits " negative" and " positive" into " " and the rest: no prompt head, and why
+    assert tasks["sst2"]["finetune"]["head"] == "linear"
+    assert "do not start with distinct tokens" in tasks["sst2"]["finetune"]["linear_why"]
+    assert tasks["copa"]["finetune"]["head"] == "linear" and "linear_why" not in tasks["copa"]["finetune"]
     assert tasks["rte"]["bad_rows"]["rte/dev"]["rows"] == 1
     # only a few-shot split: scored by log-likelihood with demonstrations; acc and acc_norm both reported
     assert tasks["boolq"]["protocol"] == "fewshot" and "metrics_norm" in tasks["boolq"]
@@ -156,6 +160,27 @@ def test_own_task_from_csv(tmp_path, tiny_model_dir, ctx, torch_one_thread):
 
     (label, _), = predict(Path(result.uri) / "classifiers" / "reviews", ["a great movie"])
     assert label in ("neg", "pos")
+
+
+def test_own_task_with_a_prompt_head_and_two_fine_tuning_seeds(tmp_path, tiny_model_dir, ctx, torch_one_thread):
+    rows = "review,sentiment\n" + "".join(f"{s},pos\n" for s in POS * 3) + "".join(f"{s},neg\n" for s in NEG * 3)
+    (tmp_path / "train.csv").write_text(rows.replace(" , ", " "))
+    # the tiny tokenizer's " so bad" and " great" start with distinct tokens (most words start with " ")
+    own = {"name": "reviews", "train": str(tmp_path / "train.csv"), "dev": str(tmp_path / "train.csv"),
+           "text_field": "review", "label_field": "sentiment", "labels": ["neg", "pos"],
+           "prompt": {"template": "{text}. It was", "choices": [" so bad", " great"]}}
+    cfg = EvaluateConfig(tasks=[], bootstrap_samples=20, own=[own], finetune_seeds=2,
+                         finetune={"epochs": 1, "batch_size": 8, "max_length": 32})
+    out = Path(run_stage(STAGE, cfg, model_inputs(tiny_model_dir, ctx), ctx).uri)
+    t = json.loads((out / "results.json").read_text())["tasks"]["reviews"]
+    assert t["finetune"]["head"] == "prompt" and t["finetune"]["seeds"] == 2
+    acc, rand = t["metrics"]["accuracy"], t["random_init"]["accuracy"]
+    assert acc["runs"] == 2 and acc["value"] == pytest.approx(sum(acc["run_values"]) / 2) and rand["runs"] == 2
+    assert t["transfer"]["accuracy"]["value"] == pytest.approx(acc["value"] - rand["value"])
+    for name in ("reviews", "reviews.seed1", "reviews.random_init", "reviews.random_init.seed1"):
+        assert len((out / "predictions" / f"{name}.jsonl").read_text().splitlines()) == 24
+    config = json.loads((out / "classifiers" / "reviews" / "config.json").read_text())
+    assert config["llmpipe_task"]["format"] == "prompt" and config["llmpipe_task"]["template"] == "{text}. It was"
 
 
 def test_missing_data_directories_skip_every_task_with_the_reason(tmp_path, tiny_model_dir, ctx, torch_one_thread):

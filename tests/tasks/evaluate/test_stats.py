@@ -219,3 +219,35 @@ def test_transfer_effect_is_a_paired_difference_that_sees_what_marginal_interval
     diff = _Difference(ResampledMetric("accuracy", better.tolist(), refs), ResampledMetric("accuracy", base.tolist(), refs))
     slow = bootstrap_ci(lambda idx: diff(idx), 800, samples=200, seed=3)
     assert bootstrap_ci(diff, 800, samples=200, seed=3) == pytest.approx(slow)
+
+
+def test_several_fine_tuning_runs_score_as_their_mean_and_resample_the_same_examples():
+    """Three runs' accuracy is the mean of the three, their sd is reported, and each resample scores every
+    run on the same examples (the fast path equals averaging the runs' slow paths); the transfer of several
+    runs per side is the difference of the means."""
+    from types import SimpleNamespace
+
+    from tasks.evaluate.data import resolve
+    from tasks.evaluate.results import _Mean, score_task, transfer_effect
+
+    spec = resolve(["sst2"])[0]
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 2, 400)
+    examples = [SimpleNamespace(label=int(y), group=None, answers=None) for y in gold]
+    runs = [np.where(rng.random(400) < p, gold, 1 - gold).tolist() for p in (0.6, 0.7, 0.8)]
+    accs = [float(np.mean(np.array(r) == gold)) for r in runs]
+    one = score_task(spec, examples, runs[0], samples=200, seed=2)["accuracy"]
+    assert "runs" not in one and one["value"] == pytest.approx(accs[0])
+    three = score_task(spec, examples, runs[0], samples=200, seed=2, more_runs=runs[1:])["accuracy"]
+    assert three["value"] == pytest.approx(np.mean(accs)) and three["runs"] == 3
+    assert three["run_values"] == pytest.approx(accs) and three["sd"] == pytest.approx(np.std(accs, ddof=1))
+    assert three["ci"][0] < three["value"] < three["ci"][1]
+    refs = gold.tolist()
+    mean = _Mean([ResampledMetric("accuracy", r, refs) for r in runs])
+    slow = bootstrap_ci(lambda idx: float(np.mean([ResampledMetric("accuracy", r, refs)(idx) for r in runs])),
+                        400, samples=100, seed=3)
+    assert bootstrap_ci(mean, 400, samples=100, seed=3) == pytest.approx(slow)
+    t = transfer_effect(spec, examples, runs[2], runs[0], samples=200, more_runs=[runs[1]],
+                        more_baseline=[runs[0]])["accuracy"]
+    assert t["value"] == pytest.approx((accs[2] + accs[1]) / 2 - accs[0])
+    assert t["ci"][0] <= t["value"] <= t["ci"][1]
