@@ -12,11 +12,12 @@ class FinetuneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # classification: "prompt" fine-tunes from the zero-shot classifier where the task has a prompt whose
-    # choices start with distinct tokens: the input is the rendered prompt and the head starts as the LM
-    # head's rows of those tokens (Gao et al. 2021, "LM-BFF"); "linear": a new head on `text <eos>`.
-    # Regression, multiple choice and tasks without such a prompt always get the linear head.
-    head: Literal["prompt", "linear"] = "prompt"
+    # "linear": a new head on `text <eos>`. "prompt" (classification): fine-tune from the zero-shot
+    # classifier where the task has a prompt whose choices start with distinct tokens: the input is the
+    # rendered prompt and the head starts as the LM head's rows of those tokens (Gao et al. 2021, "LM-BFF").
+    # Regression, multiple choice and tasks without such a prompt always get the linear head. On the books
+    # model the prompt head was no better than the linear one and 1.6x slower (README), so linear is the default.
+    head: Literal["prompt", "linear"] = "linear"
     lr: float = Field(1e-4, gt=0.0, lt=1.0)  # peak learning rate (see the module docstring)
     epochs: int = Field(3, ge=1, le=100)  # passes over the training examples
     batch_size: int = Field(16, ge=1)  # examples per optimizer step (multiple choice: each with its choices)
