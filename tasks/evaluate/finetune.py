@@ -7,14 +7,14 @@ cross-entropy over an example's choices, which is what a multiple-choice head co
 the one loop, tasks/pretrain/loop.py: this module gives it a data source (seeded shuffle per epoch,
 batches grouped by length and padded to their longest sequence) and an objective.
 
-Two input formats. The prompt head (FinetuneConfig.head "prompt", the default, for a classification task
+Two input formats. The prompt head (FinetuneConfig.head "prompt", for a classification task
 whose prompt gives one continuation per class, each starting with its own token): the input is the task's
 zero-shot prompt rendered without the answer, the pooled token is the prompt's last, where the LM
 predicts the answer, and the head starts as the LM head's rows of the answers' first tokens, so training
 starts from the zero-shot classifier instead of a random projection (pattern-based fine-tuning: Schick &
 Schuetze 2021 "PET", Gao et al. 2021 "LM-BFF"). The random-init baseline gets the same inputs; its LM
-head would be random, so its head starts random. Otherwise (regression, multiple choice, no such
-prompt, or head "linear") inputs are `[prefix] text <eos> [pair <eos>]` (the prefix is what the
+head would be random, so its head starts random. Otherwise (head "linear", the default; regression,
+multiple choice, or no such prompt) inputs are `[prefix] text <eos> [pair <eos>]` (the prefix is what the
 tokenizer puts before any text, e.g. a BOS; none for our models), so the pooled last token has read both
 texts, and a new linear head is trained; when the sequence is too long the first text is cut. The
 classifier's config.json records the format under `llmpipe_task` and `predict` reads it back, so the

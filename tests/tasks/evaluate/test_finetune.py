@@ -188,7 +188,7 @@ def test_prompt_head_starts_as_the_zero_shot_classifier(tiny_hf_dir):
 def test_prompt_head_learns_and_predict_renders_the_prompt(tiny_hf_dir, tmp_path):
     train = [Ex(i, s, label=y) for i, (s, y) in enumerate(sentiment(48))]
     result = finetune(tiny_hf_dir, "classification", ["negative", "positive"], train, train,
-                      FinetuneConfig(**FAST), tmp_path / "run", prompt=PROMPT)
+                      FinetuneConfig(**FAST, head="prompt"), tmp_path / "run", prompt=PROMPT)
     assert result.head == "prompt" and accuracy(result, train) >= 0.9
     labelled = predict(result.classifier_dir, [e.text for e in train])
     assert [name for name, _ in labelled] == [["negative", "positive"][p["prediction"]]
@@ -196,7 +196,7 @@ def test_prompt_head_learns_and_predict_renders_the_prompt(tiny_hf_dir, tmp_path
     assert [prob for _, prob in labelled] == pytest.approx([max(p["scores"]) for p in result.predictions],
                                                            abs=1e-5)
     linear = finetune(tiny_hf_dir, "classification", ["negative", "positive"], train, train,
-                      FinetuneConfig(**FAST, head="linear"), tmp_path / "linear", prompt=PROMPT)
+                      FinetuneConfig(**FAST), tmp_path / "linear", prompt=PROMPT)  # the default head
     assert linear.head == "linear" and linear.linear_why == ""
     assert json.loads((linear.classifier_dir / "config.json").read_text())["llmpipe_task"]["format"] != "prompt"
 

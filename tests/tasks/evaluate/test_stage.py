@@ -94,10 +94,7 @@ def test_stage_end_to_end(tmp_path, tiny_model_dir, ctx, torch_one_thread):
         assert (out / "predictions" / f"{name}.random_init.jsonl").exists()
         assert (out / "classifiers" / name / "config.json").exists()
     assert tasks["sst2"]["majority"]["from"] == "train" and tasks["sst2"]["n_eval"] == 24
-    # the tiny tokenizer splits " negative" and " positive" into " " and the rest: no prompt head, and why
-    assert tasks["sst2"]["finetune"]["head"] == "linear"
-    assert "do not start with distinct tokens" in tasks["sst2"]["finetune"]["linear_why"]
-    assert tasks["copa"]["finetune"]["head"] == "linear" and "linear_why" not in tasks["copa"]["finetune"]
+    assert tasks["sst2"]["finetune"]["head"] == "linear" and "linear_why" not in tasks["sst2"]["finetune"]
     assert tasks["rte"]["bad_rows"]["rte/dev"]["rows"] == 1
     # only a few-shot split: scored by log-likelihood with demonstrations; acc and acc_norm both reported
     assert tasks["boolq"]["protocol"] == "fewshot" and "metrics_norm" in tasks["boolq"]
@@ -163,14 +160,16 @@ def test_own_task_from_csv(tmp_path, tiny_model_dir, ctx, torch_one_thread):
 
 
 def test_own_task_with_a_prompt_head_and_two_fine_tuning_seeds(tmp_path, tiny_model_dir, ctx, torch_one_thread):
+    glue, sg = task_dirs(tmp_path / "data", n=8)
     rows = "review,sentiment\n" + "".join(f"{s},pos\n" for s in POS * 3) + "".join(f"{s},neg\n" for s in NEG * 3)
     (tmp_path / "train.csv").write_text(rows.replace(" , ", " "))
     # the tiny tokenizer's " so bad" and " great" start with distinct tokens (most words start with " ")
     own = {"name": "reviews", "train": str(tmp_path / "train.csv"), "dev": str(tmp_path / "train.csv"),
            "text_field": "review", "label_field": "sentiment", "labels": ["neg", "pos"],
            "prompt": {"template": "{text}. It was", "choices": [" so bad", " great"]}}
-    cfg = EvaluateConfig(tasks=[], bootstrap_samples=20, own=[own], finetune_seeds=2,
-                         finetune={"epochs": 1, "batch_size": 8, "max_length": 32})
+    cfg = EvaluateConfig(tasks=["sst2", "copa"], glue_dir=str(glue), superglue_dir=str(sg), bootstrap_samples=20,
+                         own=[own], finetune_seeds=2, finetune={"epochs": 1, "batch_size": 8, "max_length": 32,
+                                                                "head": "prompt"})
     out = Path(run_stage(STAGE, cfg, model_inputs(tiny_model_dir, ctx), ctx).uri)
     t = json.loads((out / "results.json").read_text())["tasks"]["reviews"]
     assert t["finetune"]["head"] == "prompt" and t["finetune"]["seeds"] == 2
@@ -181,6 +180,11 @@ def test_own_task_with_a_prompt_head_and_two_fine_tuning_seeds(tmp_path, tiny_mo
         assert len((out / "predictions" / f"{name}.jsonl").read_text().splitlines()) == 24
     config = json.loads((out / "classifiers" / "reviews" / "config.json").read_text())
     assert config["llmpipe_task"]["format"] == "prompt" and config["llmpipe_task"]["template"] == "{text}. It was"
+    # the tiny tokenizer splits " negative" and " positive" into " " and the rest: no prompt head, and why;
+    # a multiple-choice task gets the linear head without a reason to give
+    sst2, copa = (json.loads((out / "results.json").read_text())["tasks"][n]["finetune"] for n in ("sst2", "copa"))
+    assert sst2["head"] == "linear" and "do not start with distinct tokens" in sst2["linear_why"]
+    assert copa["head"] == "linear" and "linear_why" not in copa
 
 
 def test_missing_data_directories_skip_every_task_with_the_reason(tmp_path, tiny_model_dir, ctx, torch_one_thread):
