@@ -86,6 +86,11 @@ class FinetuneResult:
 
 
 # input format ------------------------------------------------------------------------------------
+def _prefix(tokenizer) -> tuple[int, ...]:
+    """What the tokenizer puts before any text (e.g. a BOS; none for our models)."""
+    return tuple(tokenizer("", add_special_tokens=True)["input_ids"])
+
+
 @dataclass(frozen=True)
 class PairFormat:
     """`prefix + text + [sep] (+ pair + [sep])`, at most max_length tokens."""
@@ -99,7 +104,7 @@ class PairFormat:
         if tokenizer.eos_token_id is None:
             raise UserError("the tokenizer has no eos token, which separates and ends the texts; set "
                             "eos_token in the model directory's tokenizer_config.json")
-        prefix = tuple(tokenizer("", add_special_tokens=True)["input_ids"])
+        prefix = _prefix(tokenizer)
         if max_length < len(prefix) + 4:
             raise UserError(f"finetune.max_length {max_length} leaves no room for text")
         return cls(prefix, int(tokenizer.eos_token_id), max_length)
@@ -163,7 +168,7 @@ class PromptFormat:
         ids = [f[0] for f in firsts if f]
         if len(ids) != len(firsts) or len(set(ids)) != len(ids):
             return None, f"its prompt's choices {list(prompt.choices)} do not start with distinct tokens"
-        prefix = tuple(tokenizer("", add_special_tokens=True)["input_ids"])
+        prefix = _prefix(tokenizer)
         if max_length < len(prefix) + 8:
             raise UserError(f"finetune.max_length {max_length} leaves no room for the prompt")
         return cls(prompt.template, tuple(prompt.choices), tuple(ids), prefix, max_length), ""
@@ -178,13 +183,10 @@ class PromptFormat:
         return cls(d["template"], tuple(d["choices"]), tuple(d["head_token_ids"]), tuple(d["prefix_ids"]),
                    d["max_length"])
 
-    def _render(self, fields: dict[str, Any], example: ExampleLike) -> str:
-        return fill(self.template, fields, example, "template")
-
     def encode(self, tokenizer, examples: Sequence[ExampleLike]) -> list[list[int]]:
         room = self.max_length - len(self.prefix)
         fields = [example_fields(e) for e in examples]
-        rendered = [self._render(f, e) for f, e in zip(fields, examples)]
+        rendered = [fill(self.template, f, e, "template") for f, e in zip(fields, examples)]
         ids = tokenizer(rendered, add_special_tokens=False, verbose=False)["input_ids"] if rendered else []
         out = []
         for e, f, seq in zip(examples, fields, ids):
@@ -194,7 +196,7 @@ class PromptFormat:
                 name = max(("text", "pair"), key=lambda k: len(f.get(k) or ""))
                 cut = tokenizer(f[name], add_special_tokens=False)["input_ids"]
                 f = {**f, name: tokenizer.decode(cut[:max(0, len(cut) - (len(seq) - room) - 1)])}
-                seq = tokenizer(self._render(f, e), add_special_tokens=False)["input_ids"]
+                seq = tokenizer(fill(self.template, f, e, "template"), add_special_tokens=False)["input_ids"]
             out.append([*self.prefix, *seq[-room:]])  # a template longer than the room keeps its end
         return out
 
@@ -555,14 +557,14 @@ def loop_config(cfg: FinetuneConfig, out_dir: Path, steps: int) -> LoopConfig:
 
 
 def run_spec(hf_dir: Path, kind: str, labels: list[str] | None, train: Sequence[ExampleLike],
-             cfg: FinetuneConfig, random_init: bool) -> dict[str, Any]:
-    """What the trained weights depend on: checkpoints and the finished classifier are reused only by a
-    run with the same spec."""
+             cfg: FinetuneConfig, random_init: bool, fmt: PairFormat | PromptFormat) -> dict[str, Any]:
+    """What the trained weights depend on (the input format included: a prompt head's template and head
+    tokens): checkpoints and the finished classifier are reused only by a run with the same spec."""
     data = [[e.text, e.pair, e.label, e.choices, choice_context(e)] for e in train]
     weights = {} if random_init else {f.name: sha256_of(f) for f in sorted(Path(hf_dir).glob("*.safetensors"))}
     return {"hf_dir": str(Path(hf_dir).resolve()), "weights_sha256": weights, "kind": kind, "labels": labels,
             "random_init": random_init, "config": cfg.model_dump(mode="json"),
-            "train_sha256": stable_hash(data, 64)}
+            "train_sha256": stable_hash(data, 64), "format": fmt.to_dict()}
 
 
 def finetune(hf_dir: str | Path, kind: str, labels: list[str] | None, train: Sequence[ExampleLike],
@@ -593,7 +595,7 @@ def finetune(hf_dir: str | Path, kind: str, labels: list[str] | None, train: Seq
     config, fmt, linear_why = task_config(hf_dir, kind, labels, tokenizer, cfg.max_length, prompt, cfg.head)
     if linear_why and kind == "classification":
         log.info("%s: linear head, not a prompt head: %s", out_dir.name, linear_why)
-    spec = run_spec(hf_dir, kind, labels, train, cfg, random_init) | {"format": getattr(config, TASK_KEY)}
+    spec = run_spec(hf_dir, kind, labels, train, cfg, random_init, fmt)
     classifier = out_dir / "classifier"
     record = _finished(classifier, spec)
     reused = record is not None

@@ -57,7 +57,7 @@ def score_task(spec: Any, examples: list[Any], predictions: list[Any], samples: 
         refs, groups = _references(module, examples)
         extra = {"groups": groups} if groups is not None else {}
         values = [compute(module, p, refs, **extra)[key] for p in runs]
-        value = None if any(v is None for v in values) else values[0] if len(runs) == 1 else float(np.mean(values))
+        value = None if any(v is None for v in values) else float(np.mean(values))
         ci = None
         if samples:
             fn = _resampled(module, key, runs, refs, groups)

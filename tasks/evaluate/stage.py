@@ -191,6 +191,10 @@ class TaskRun:
         value = getattr(self.opts, name)
         return getattr(self.cfg, name) if value is None else value
 
+    def prompt(self) -> PromptSpec | None:
+        """options.<task>.prompt, else the task's own (tasks.yaml), else None."""
+        return self.opts.prompt or (PromptSpec(**self.spec.prompt) if self.spec.prompt else None)
+
     def load(self, spec: Any, split: str, limit: int | None) -> Any:
         """A split from its local directory, else (with `hub: true`) the Hugging Face hub; Skipped if neither."""
         source = self.source(spec)
@@ -312,7 +316,7 @@ class TaskRun:
         base_cfg = self.cfg.finetune.model_copy(update={"seed": self.cfg.finetune.seed + self.seed})
         rec: dict[str, Any] = {"protocol": "finetune"}
         work = self.out / "_work"
-        prompt = self.opts.prompt or (PromptSpec(**spec.prompt) if spec.prompt else None)
+        prompt = self.prompt()
         seeds = self.option("finetune_seeds")
         results, rands = [], []
         for k in range(seeds):  # run k trains in <task> (k = 0, as with one seed) or <task>.seed<k>
@@ -334,7 +338,7 @@ class TaskRun:
         rec["finetune"] = {"steps": result.steps, "seconds": round(sum(r.seconds for r in results), 3),
                            "train_examples_per_s": round(result.train_examples_per_s, 2), "head": result.head,
                            "seeds": seeds}
-        if result.linear_why and base_cfg.head == "prompt" and spec.kind == "classification":
+        if result.linear_why and spec.kind == "classification":  # a prompt head was asked for and not possible
             rec["finetune"]["linear_why"] = result.linear_why
         for k, r in enumerate(results):
             self.write_predictions(evaluation, r.predictions, "" if k == 0 else f".seed{k}")
@@ -352,7 +356,7 @@ class TaskRun:
         from tasks.evaluate.prompts import draw_demos, predict_from_scores, render
 
         spec = self.spec
-        prompt = self.opts.prompt or (PromptSpec(**spec.prompt) if spec.prompt else None)
+        prompt = self.prompt()
         if prompt is None:
             raise UserError(f"{spec.name}: no prompt for zero-shot scoring; set evaluate.options.{spec.name}"
                             ".prompt (template and choices) or give the task a train split")
